@@ -1,0 +1,9 @@
+"""awdlstm: the AWD-LSTM language model of Merity, Keskar and Socher (ICLR 2018) on
+current PyTorch."""
+
+__version__ = "0.1.0"
+
+from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from .model import AWDLSTM  # noqa: E402
+
+__all__ = ["AWDLSTM", "Config", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "__version__"]

@@ -1,0 +1,275 @@
+"""Typed configuration: one dataclass per concern, built once and passed down.
+
+Every field can be overridden from the command line with ``--set section.field=value``;
+the value is parsed to the field's declared type. Names carry unchanged from the command
+line to the code that uses them. The dropout probabilities map to the paper and to the
+flags of the original code (salesforce/awd-lstm-lm) as follows:
+
+=========  ==========================================  =============
+ours       paper (Merity et al. 2018)                  original flag
+=========  ==========================================  =============
+embed_p    embedding dropout (Sec. 4.3)                ``dropoute``
+input_p    variational dropout on the embedding output ``dropouti``
+hidden_p   variational dropout between LSTM layers     ``dropouth``
+weight_p   DropConnect on hidden-to-hidden weights     ``wdrop``
+output_p   variational dropout on the last LSTM output ``dropout``
+=========  ==========================================  =============
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "ptb"
+    """Corpus: a name (ptb, wikitext-2, ptb-char) or a directory with train/valid/test.txt."""
+    root: str | None = None
+    """Where corpus names are looked up first (then $AWDLSTM_DATA, ./data, ../shared/data)."""
+    batch_size: int = 40
+    """Parallel streams for training."""
+    eval_batch_size: int = 10
+    """Streams for validation (the paper: 10)."""
+    test_batch_size: int = 1
+    """Streams for the test split (the paper: 1)."""
+    bptt: int = 70
+    """Base length of a truncated-BPTT window."""
+    variable_length: bool = True
+    """Draw each window's length as the paper does (Sec. 4.1), rescaling the lr."""
+    full_bptt_p: float = 0.95
+    """Probability that a window's base length is bptt rather than bptt/2."""
+    length_std: float = 5.0
+    """Standard deviation of the Normal around the base length."""
+    min_seq_len: int = 5
+    """Shortest window drawn."""
+    max_seq_len: int | None = None
+    """Longest window drawn (None: no cap)."""
+    random_start: bool = False
+    """Start each epoch at a random offset in [0, bptt) (OpenSeq2Seq's random start)."""
+    min_freq: int = 1
+    """Words seen fewer times in train map to <unk> (own corpora)."""
+    max_vocab: int | None = None
+    """Keep only the most frequent words (None: all); the rest map to <unk>."""
+
+    def validate(self) -> None:
+        _positive(self, "batch_size", "eval_batch_size", "test_batch_size", "bptt", "min_seq_len")
+        _probability(self, "full_bptt_p", upper_inclusive=True)
+        if self.length_std < 0:
+            raise ConfigError(f"data.length_std must be >= 0, got {self.length_std}")
+        if self.max_seq_len is not None and self.max_seq_len < self.min_seq_len:
+            raise ConfigError(
+                f"data.max_seq_len must be >= data.min_seq_len ({self.min_seq_len}), "
+                f"got {self.max_seq_len}"
+            )
+        _positive(self, "min_freq")
+        if self.max_vocab is not None and self.max_vocab < 2:
+            raise ConfigError(f"data.max_vocab must be >= 2 or none, got {self.max_vocab}")
+
+
+@dataclass
+class ModelConfig:
+    emb_size: int = 400
+    """Embedding size; with tied weights also the last LSTM layer's size."""
+    hidden_size: int = 1150
+    """Size of every LSTM layer but the last (when tied)."""
+    num_layers: int = 3
+    """Stacked single-layer LSTMs."""
+    tie_weights: bool = True
+    """Share the embedding and softmax matrices (Inan et al.; Press and Wolf)."""
+    embed_p: float = 0.1
+    """Embedding dropout: whole word rows of the embedding (dropoute)."""
+    input_p: float = 0.4
+    """Locked dropout on the embedding output (dropouti)."""
+    hidden_p: float = 0.3
+    """Locked dropout between LSTM layers (dropouth)."""
+    weight_p: float = 0.5
+    """DropConnect on the hidden-to-hidden matrices (wdrop)."""
+    output_p: float = 0.4
+    """Locked dropout on the last LSTM layer's output (dropout)."""
+
+    def validate(self) -> None:
+        _positive(self, "emb_size", "hidden_size", "num_layers")
+        _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    """sgd (the paper, with NT-ASGD) or adam (the original's char-level commands)."""
+    lr: float = 30.0
+    """Learning rate."""
+    clip: float = 0.25
+    """Gradient-norm clipping threshold (0: none)."""
+    weight_decay: float = 1.2e-6
+    """L2 penalty on all weights."""
+    alpha: float = 2.0
+    """AR: weight of the mean square of the last layer's dropped output."""
+    beta: float = 1.0
+    """TAR: weight of the mean square of h_t - h_{t-1} of the last layer's raw output."""
+    ntasgd: bool = True
+    """Switch to averaged SGD on the non-monotone trigger (paper, Algorithm 1)."""
+    nonmono: int = 5
+    """n of the non-monotone trigger: compare with the best check before the last n."""
+    check_every: int = 0
+    """Validate (one NT-ASGD check) every this many batches; 0: once per epoch (L = epoch)."""
+    average_from_epoch: float | None = None
+    """Start averaging at this epoch even if the trigger has not fired (None: trigger only)."""
+    lr_drops: list[int] = field(default_factory=list)
+    """Epochs after which the lr is divided by lr_drop_factor (the original's --when)."""
+    lr_drop_factor: float = 10.0
+    """Divisor applied at each epoch in lr_drops."""
+
+    def validate(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optim.optimizer must be one of sgd, adam; got {self.optimizer!r}")
+        _positive(self, "lr", "nonmono", "lr_drop_factor")
+        for name in ("clip", "weight_decay", "alpha", "beta", "check_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if self.average_from_epoch is not None and self.average_from_epoch < 0:
+            raise ConfigError(f"optim.average_from_epoch must be >= 0 or none")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 750
+    """Epochs to train (an epoch is one pass over the training split)."""
+    seed: int = 141
+    """Seed for every random number generator."""
+    max_minutes: float | None = None
+    """Stop cleanly, resumably, at the first batch boundary after this many minutes."""
+    finetune_epochs: int = 750
+    """Upper bound on epochs of `awdlstm finetune` (it stops on the trigger first)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16 (mixed precision on CUDA)."""
+    threads: int = 0
+    """CPU threads for PyTorch (0: one per physical core)."""
+    log_every: int = 200
+    """Batches between progress-bar refreshes of the running loss."""
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "finetune_epochs", "log_every")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0 or none, got {self.max_minutes}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads must be >= 0, got {self.threads}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        cfg = cls()
+        for section, values in raw.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown config section {section!r}; valid: {', '.join(SECTIONS)}")
+            for key, value in values.items():
+                _set_field(getattr(cfg, section), section, key, value)
+        return cfg
+
+
+SECTIONS = ("data", "model", "optim", "train")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings, parsing each value to its field's type."""
+    cfg = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.field=value, e.g. model.weight_p=0.3")
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r}; valid: {', '.join(SECTIONS)}")
+        obj = getattr(cfg, section)
+        hint = _field_types(type(obj)).get(name)
+        if hint is None:
+            valid = ", ".join(f.name for f in dataclasses.fields(obj))
+            raise ConfigError(f"unknown key {section}.{name}; valid keys of {section}: {valid}")
+        setattr(obj, name, parse_value(text.strip(), hint, f"{section}.{name}"))
+    return cfg
+
+
+def parse_value(text: str, hint: Any, where: str) -> Any:
+    """Parse a command-line string to the type ``hint`` (int, float, bool, str, X | None, list[int])."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if text.lower() in ("none", "null", ""):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return parse_value(text, inner, where)
+    if typing.get_origin(hint) is list:
+        (inner,) = args
+        return [parse_value(t.strip(), inner, where) for t in text.split(",") if t.strip()]
+    try:
+        if hint is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if hint is str:
+            return text
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"{where}: unsupported type {hint}")
+    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {text!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
+    hints = _field_types(type(obj))
+    if key not in hints:
+        valid = ", ".join(hints)
+        raise ConfigError(f"unknown key {section}.{key}; valid keys of {section}: {valid}")
+    setattr(obj, key, value)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def _probability(obj: Any, *names: str, upper_inclusive: bool = False) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for name in names:
+        value = getattr(obj, name)
+        ok = 0 <= value <= 1 if upper_inclusive else 0 <= value < 1
+        if not ok:
+            bracket = "]" if upper_inclusive else ")"
+            raise ConfigError(f"{section}.{name} must be in [0, 1{bracket}, got {value}")

@@ -1,0 +1,96 @@
+"""The AWD-LSTM language model (Merity, Keskar, Socher 2018, Sec. 2-4).
+
+Embedding (with embedding dropout) -> locked dropout -> N weight-dropped single-layer
+LSTMs with locked dropout between them -> locked dropout -> decoder tied to the embedding.
+The model knows nothing about devices, precision or ranks, and keeps no hidden state:
+``forward(tokens, state)`` returns the new state and the caller detaches it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .regularize import WeightDropLSTM, embedding_dropout, locked_dropout
+
+# One (h, c) pair per layer, each (1, B, H_layer).
+State = list[tuple[Tensor, Tensor]]
+
+
+class LMOutput(NamedTuple):
+    logits: Tensor
+    """(T, B, V) unnormalised next-word scores."""
+    state: State
+    """The recurrent state after the last step (not detached)."""
+    raw_output: Tensor
+    """(T, B, H_last) the last LSTM layer's output before dropout (for TAR and the cache)."""
+    dropped_output: Tensor
+    """(T, B, H_last) the same after output dropout (for AR; what the decoder sees)."""
+
+
+class AWDLSTM(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.encoder = nn.Embedding(vocab_size, cfg.emb_size)
+        sizes = [cfg.emb_size] + [cfg.hidden_size] * (cfg.num_layers - 1)
+        last = cfg.emb_size if cfg.tie_weights else cfg.hidden_size
+        sizes.append(last)
+        self.rnns = nn.ModuleList(
+            WeightDropLSTM(sizes[i], sizes[i + 1], cfg.weight_p) for i in range(cfg.num_layers)
+        )
+        self.decoder = nn.Linear(last, vocab_size)
+        if cfg.tie_weights:
+            self.decoder.weight = self.encoder.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Paper: embedding uniform(-0.1, 0.1); LSTM weights keep PyTorch's
+        # uniform(-1/sqrt(H), 1/sqrt(H)); the decoder bias starts at zero.
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if not self.cfg.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [rnn.hidden_size for rnn in self.rnns]
+
+    def init_state(self, batch_size: int) -> State:
+        weight = self.encoder.weight
+        return [
+            (weight.new_zeros(1, batch_size, h), weight.new_zeros(1, batch_size, h))
+            for h in self.layer_sizes
+        ]
+
+    def forward(self, tokens: Tensor, state: State | None = None) -> LMOutput:
+        """tokens: (T, B) word ids."""
+        cfg = self.cfg
+        if state is None:
+            state = self.init_state(tokens.size(1))
+        weight = embedding_dropout(self.encoder.weight, cfg.embed_p, self.training)
+        x = F.embedding(tokens, weight)  # (T, B, E)
+        x = locked_dropout(x, cfg.input_p, self.training)
+        new_state: State = []
+        for i, rnn in enumerate(self.rnns):
+            x, (h, c) = rnn(x, state[i])  # (T, B, H_i)
+            new_state.append((h, c))
+            if i < len(self.rnns) - 1:
+                x = locked_dropout(x, cfg.hidden_p, self.training)
+        raw = x
+        dropped = locked_dropout(raw, cfg.output_p, self.training)
+        return LMOutput(self.decoder(dropped), new_state, raw, dropped)
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between BPTT windows, keeping the values."""
+    return [(h.detach(), c.detach()) for h, c in state]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

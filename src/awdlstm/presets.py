@@ -1,0 +1,101 @@
+"""Presets: plain functions returning a full Config; variants are built from a base.
+
+``ptb`` and ``wt2`` follow the paper (Merity et al. 2018, Sec. 5); ``*-original`` follow
+the commands of the original code's README, which differ from the paper as noted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from .errors import ConfigError
+
+
+def ptb() -> Config:
+    """Paper, PTB: 3 x (400, 1150, 400), batch 40, 750 epochs, dropouts 0.4/0.3/0.4/0.1/0.5."""
+    return Config(
+        data=DataConfig(name="ptb", batch_size=40, eval_batch_size=10, test_batch_size=1, bptt=70),
+        model=ModelConfig(emb_size=400, hidden_size=1150, num_layers=3, embed_p=0.1,
+                          input_p=0.4, hidden_p=0.3, weight_p=0.5, output_p=0.4),
+        optim=OptimConfig(lr=30.0, clip=0.25, weight_decay=1.2e-6, alpha=2.0, beta=1.0),
+        train=TrainConfig(epochs=750, seed=141),
+    )
+
+
+def ptb_original() -> Config:
+    """Original README, PTB: batch 20, 500 epochs, between-layer dropout 0.25, seed 141."""
+    cfg = ptb()
+    cfg.data = replace(cfg.data, batch_size=20)
+    cfg.model = replace(cfg.model, input_p=0.4, hidden_p=0.25)
+    cfg.train = replace(cfg.train, epochs=500, finetune_epochs=500, seed=141)
+    return cfg
+
+
+def wt2() -> Config:
+    """Paper, WikiText-2: as PTB but batch 80 and input dropout 0.65."""
+    cfg = ptb()
+    cfg.data = replace(cfg.data, name="wikitext-2", batch_size=80)
+    cfg.model = replace(cfg.model, input_p=0.65)
+    return cfg
+
+
+def wt2_original() -> Config:
+    """Original README, WikiText-2: between-layer dropout 0.2, seed 1882."""
+    cfg = wt2()
+    cfg.model = replace(cfg.model, hidden_p=0.2)
+    cfg.train = replace(cfg.train, seed=1882)
+    return cfg
+
+
+def ptb_char() -> Config:
+    """Original README, PTB characters: 3 x (200, 1000, 200), bptt 150, batch 128, Adam 2e-3
+    divided by 10 after epochs 300 and 400, no AR/TAR or embedding dropout, 500 epochs."""
+    return Config(
+        data=DataConfig(name="ptb-char", batch_size=128, eval_batch_size=10, test_batch_size=1, bptt=150),
+        model=ModelConfig(emb_size=200, hidden_size=1000, num_layers=3, embed_p=0.0,
+                          input_p=0.1, hidden_p=0.25, weight_p=0.5, output_p=0.1),
+        optim=OptimConfig(optimizer="adam", lr=2e-3, clip=0.25, weight_decay=1.2e-6, alpha=0.0,
+                          beta=0.0, ntasgd=False, lr_drops=[300, 400]),
+        train=TrainConfig(epochs=500, seed=1111),
+    )
+
+
+def tiny() -> Config:
+    """For tests: every technique on, a model small enough to train in seconds on a CPU."""
+    cfg = ptb()
+    cfg.data = replace(cfg.data, batch_size=20, eval_batch_size=10, bptt=20)
+    cfg.model = replace(cfg.model, emb_size=32, hidden_size=64, num_layers=3)
+    cfg.optim = replace(cfg.optim, lr=20.0, nonmono=2)
+    cfg.train = replace(cfg.train, epochs=2, seed=1, log_every=50)
+    return cfg
+
+
+def demo() -> Config:
+    """The README's CPU demo: the full technique set on real PTB, ending with the test
+    perplexity within 15 minutes on a 2-core CPU. Tuned for that budget (see README)."""
+    cfg = ptb()
+    cfg.data = replace(cfg.data, batch_size=20)
+    cfg.model = replace(cfg.model, emb_size=200, hidden_size=400, num_layers=3,
+                        embed_p=0.05, input_p=0.15, hidden_p=0.1, weight_p=0.15, output_p=0.15)
+    cfg.optim = replace(cfg.optim, check_every=500, average_from_epoch=2.0)
+    cfg.train = replace(cfg.train, epochs=3, max_minutes=12.0)
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "ptb": ptb,
+    "ptb-original": ptb_original,
+    "wt2": wt2,
+    "wt2-original": wt2_original,
+    "ptb-char": ptb_char,
+    "tiny": tiny,
+    "demo": demo,
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,174 @@
+"""Run directories: what `awdlstm train`, `finetune` and `evaluate` do with them.
+
+RUN/config.json   the whole resolved config
+RUN/metrics.jsonl one line per validation check
+RUN/best.pt       the weights with the best validation loss (averaged once NT-ASGD fired)
+RUN/last.pt       everything needed to resume exactly
+RUN/results.json  valid and test perplexity of best.pt, written when training ends
+RUN/finetune/     the same layout for `awdlstm finetune RUN`
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint, write_json
+from .config import Config
+from .data import Corpus, batchify, load_corpus
+from .errors import CheckpointError, ConfigError
+from .evaluate import evaluate
+from .model import AWDLSTM
+from .runtime import Runtime, make_runtime
+from .train import Trainer, describe
+
+log = logging.getLogger(__name__)
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise CheckpointError(f"{out}: no last.pt to resume from; start a run with --out {out} (without --resume)")
+    elif (out / "last.pt").exists() or (out / "config.json").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+
+
+def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs: int | None = None,
+              max_minutes: float | None = None, final_eval: bool = True, device: str | None = None,
+              max_steps: int | None = None) -> dict[str, Any]:
+    out = Path(out)
+    _check_run_dir(out, resume)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        if ckpt.get("finetune"):
+            raise CheckpointError(f"{out} is a fine-tuning run; continue it with: awdlstm finetune {out.parent} --resume")
+        cfg = Config.from_dict(ckpt["config"])
+    assert cfg is not None
+    if device is not None:
+        cfg.train = replace(cfg.train, device=device)
+    cfg.validate()
+    runtime = make_runtime(cfg.train)
+    corpus = load_corpus(cfg.data)
+    trainer = Trainer(cfg, corpus, runtime, out)
+    if ckpt is not None:
+        trainer.resume(ckpt)
+        log.info("resuming %s at epoch %d, step %d", out, trainer.progress.epoch, trainer.progress.step)
+    elif runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg.to_dict())
+    _log_start(cfg, corpus, trainer, runtime)
+    return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
+                           f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
+
+
+def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = None,
+                 max_minutes: float | None = None, final_eval: bool = True, device: str | None = None) -> dict[str, Any]:
+    """The paper's fine-tuning: averaged SGD from the best weights, averaging from the
+    first step, stopping on the non-monotone criterion."""
+    run = Path(run)
+    out = run / "finetune"
+    _check_run_dir(out, resume)
+    src = load_checkpoint(out / "last.pt" if resume else run / "best.pt")
+    cfg = Config.from_dict(src["config"])
+    if device is not None:
+        cfg.train = replace(cfg.train, device=device)
+    cfg.validate()
+    if cfg.optim.optimizer != "sgd":
+        raise ConfigError("fine-tuning is averaged SGD; this run used optim.optimizer=adam")
+    runtime = make_runtime(cfg.train)
+    corpus = load_corpus(cfg.data)
+    trainer = Trainer(cfg, corpus, runtime, out, finetune=True)
+    if resume:
+        trainer.resume(src)
+    else:
+        if src["vocab"] != corpus.vocab.itos:
+            raise CheckpointError(f"{run}/best.pt was trained on another vocabulary than {corpus.path}")
+        trainer.model.load_state_dict(src["model"])
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg.to_dict())
+        trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
+        trainer.save_best(trainer.progress.best_val_loss)
+    _log_start(cfg, corpus, trainer, runtime)
+    return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval, f"awdlstm finetune {shlex.quote(str(run))} --resume")
+
+
+def _log_start(cfg: Config, corpus: Corpus, trainer: Trainer, runtime: Runtime) -> None:
+    log.info("config: %s", json.dumps(cfg.to_dict(), separators=(",", ":")))
+    log.info("data %s: %d/%d/%d tokens, vocabulary %d", corpus.path, corpus.train.numel(), corpus.valid.numel(),
+             corpus.test.numel(), len(corpus.vocab))
+    log.info("model: %s; device %s, %s", describe(trainer.model), runtime.device, runtime.precision)
+
+
+def _fit_and_report(trainer: Trainer, out: Path, max_epochs, max_minutes, final_eval: bool, resume_cmd: str,
+                    max_steps: int | None = None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    reason = trainer.fit(max_epochs=max_epochs, max_minutes=max_minutes, max_steps=max_steps)
+    p = trainer.progress
+    summary: dict[str, Any] = {"stopped": reason, "epoch": p.epoch - (0 if p.in_epoch else 1), "step": p.step,
+                               "seconds": round(time.perf_counter() - t0, 1)}
+    if reason == "interrupted":
+        log.warning("stopped by %s after step %d; checkpoint saved. Resume with: %s", trainer._signal, p.step, resume_cmd)
+        return summary
+    trainer.final_check()
+    if reason in ("time limit", "max epochs", "max steps"):
+        log.info("stopped (%s) after step %d; resume with: %s", reason, p.step, resume_cmd)
+    if final_eval and trainer.rt.is_main and (out / "best.pt").exists():
+        results = {s: evaluate_checkpoint(out / "best.pt", s, runtime=trainer.rt) for s in ("valid", "test")}
+        results["stopped"] = reason
+        write_json(out / "results.json", results)
+        summary.update(results)
+        log.info("best checkpoint: valid ppl %.2f, test ppl %.2f", results["valid"]["perplexity"], results["test"]["perplexity"])
+    return summary
+
+
+def evaluate_checkpoint(path: Path, split: str, *, batch_size: int | None = None, runtime: Runtime | None = None,
+                        device: str | None = None, data: str | None = None, data_root: str | None = None) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    ckpt = load_checkpoint(path)
+    cfg = Config.from_dict(ckpt["config"])
+    if data is not None:
+        cfg.data = replace(cfg.data, name=data, root=data_root)
+    elif data_root is not None:
+        cfg.data = replace(cfg.data, root=data_root)
+    if runtime is None:
+        train_cfg = cfg.train if device is None else replace(cfg.train, device=device)
+        runtime = make_runtime(train_cfg)
+    corpus = load_corpus(cfg.data)
+    if ckpt["vocab"] != corpus.vocab.itos:
+        raise CheckpointError(
+            f"{path} has a vocabulary of {len(ckpt['vocab'])} words that differs from the one built from "
+            f"{corpus.path} ({len(corpus.vocab)} words); evaluate on the corpus the run was trained on"
+        )
+    model = load_model(ckpt, path).to(runtime.device)
+    if batch_size is None:
+        batch_size = cfg.data.test_batch_size if split == "test" else cfg.data.eval_batch_size
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    source = batchify(corpus.split(split), batch_size, what=split)
+    t0 = time.perf_counter()
+    res = evaluate(model, source, cfg.data, runtime)
+    seconds = time.perf_counter() - t0
+    return {"split": split, "tokens": res.tokens, "loss": res.loss, "perplexity": res.perplexity,
+            "bits_per_token": res.bits_per_token, "batch_size": batch_size, "checkpoint": str(path),
+            "seconds": round(seconds, 2)}
+
+
+def load_model(ckpt: dict[str, Any], path: Path) -> AWDLSTM:
+    cfg = Config.from_dict(ckpt["config"])
+    model = AWDLSTM(cfg.model, len(ckpt["vocab"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match its model configuration ({str(err).splitlines()[0][:150]})") from None
+    model.eval()
+    return model

@@ -1,0 +1,389 @@
+"""The training loop: variable-length BPTT, AR/TAR, clipping, NT-ASGD, checks and saves.
+
+No argparse and no globals: a Trainer gets a Config, a Corpus, a Runtime and a run
+directory. Everything it needs to continue exactly (weights, optimiser, average, trigger
+history, position in the epoch, hidden state, random generators) goes into ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data import Corpus, Window, approx_batches, batchify, bptt_windows, epoch_start
+from .errors import CheckpointError, TrainingError
+from .evaluate import evaluate
+from .model import AWDLSTM, State, count_parameters, detach_state
+from .optim import NTASGD, make_optimizer
+from .regularize import activation_reg, temporal_activation_reg
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Plain values that say where training stands; saved in every checkpoint."""
+
+    lr: float
+    """Base learning rate (after any lr drops); each step uses lr * seq_len / bptt."""
+    epoch: int = 1
+    in_epoch: bool = False
+    """True between an epoch's first and last window (then position and state matter)."""
+    position: int = 0
+    """Row of the batchified training split where the epoch continues."""
+    step: int = 0
+    best_val_loss: float = math.inf
+    checks: int = 0
+    elapsed: float = 0.0
+    """Seconds of training and validation over all sessions."""
+    loss_sum: float = 0.0
+    """Cross-entropy summed over tokens since the last check."""
+    loss_tokens: int = 0
+    train_seconds: float = 0.0
+    """Seconds spent in training steps since the last check."""
+    finished: bool = False
+
+
+class Stop(Exception):
+    """Raised inside the loop to stop at a batch boundary."""
+
+
+class Trainer:
+    def __init__(self, cfg: Config, corpus: Corpus, runtime: Runtime, run_dir: Path, *, finetune: bool = False) -> None:
+        self.cfg = cfg
+        self.corpus = corpus
+        self.rt = runtime
+        self.run_dir = Path(run_dir)
+        self.finetune = finetune
+        torch.manual_seed(cfg.train.seed)
+        self.model = AWDLSTM(cfg.model, len(corpus.vocab)).to(runtime.device)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
+        self.ntasgd = NTASGD(self.model, cfg.optim)
+        # The training split lives on the device once; windows are views of it.
+        self.train_data = batchify(corpus.train, cfg.data.batch_size, what="training").to(runtime.device)
+        self.valid_data = batchify(corpus.valid, cfg.data.eval_batch_size, what="validation")
+        self.sampler = torch.Generator().manual_seed(cfg.train.seed)
+        self.progress = Progress(lr=cfg.optim.lr)
+        self.state: State | None = None
+        self._signal: str | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _payload(self, model_state: dict, kind: str) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "config": self.cfg.to_dict(),
+            "vocab": self.corpus.vocab.itos,
+            "model": model_state,
+            "progress": dataclasses.asdict(self.progress),
+            "finetune": self.finetune,
+        }
+
+    def save_last(self) -> None:
+        if not self.rt.is_main:
+            return
+        payload = self._payload(self.model.state_dict(), "last")
+        payload.update(
+            optimizer=self.optimizer.state_dict(),
+            ntasgd=self.ntasgd.state_dict(),
+            scaler=self.rt.scaler.state_dict(),
+            hidden=None if self.state is None or not self.progress.in_epoch
+            else [t.cpu() for pair in self.state for t in pair],
+            rng={**self.rt.rng_state(), "sampler": self.sampler.get_state()},
+        )
+        save_checkpoint(payload, self.run_dir / "last.pt")
+
+    def save_best(self, val_loss: float) -> None:
+        if not self.rt.is_main:
+            return
+        payload = self._payload(self.ntasgd.eval_model().state_dict(), "best")
+        payload["val_loss"] = val_loss
+        save_checkpoint(payload, self.run_dir / "best.pt")
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("kind") != "last":
+            raise CheckpointError("resume needs a last.pt checkpoint")
+        if ckpt["vocab"] != self.corpus.vocab.itos:
+            raise CheckpointError(
+                f"the run's vocabulary ({len(ckpt['vocab'])} words) differs from the corpus "
+                f"{self.corpus.path} ({len(self.corpus.vocab)} words); resume with the data it was trained on"
+            )
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"the checkpoint does not fit this model configuration ({str(err).splitlines()[0]})") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.ntasgd.load_state_dict(ckpt["ntasgd"])
+        self.rt.scaler.load_state_dict(ckpt["scaler"])
+        self.progress = Progress(**ckpt["progress"])
+        self.rt.set_rng_state(ckpt["rng"])
+        self.sampler.set_state(ckpt["rng"]["sampler"])
+        hidden = ckpt.get("hidden")
+        if hidden is not None:
+            it = iter(t.to(self.rt.device) for t in hidden)
+            self.state = list(zip(it, it))
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, win: Window) -> torch.Tensor:
+        cfg, model = self.cfg, self.model
+        model.train()
+        if self.state is None:
+            self.state = model.init_state(self.train_data.size(1))
+        with self.rt.autocast():
+            out = model(win.inputs, self.state)
+        self.state = detach_state(out.state)
+        vocab = out.logits.size(-1)
+        # The loss, AR and TAR are computed in fp32 whatever the autocast precision.
+        ce = F.cross_entropy(out.logits.float().view(-1, vocab), win.targets.reshape(-1))
+        loss = (
+            ce
+            + activation_reg(out.dropped_output, cfg.optim.alpha)
+            + temporal_activation_reg(out.raw_output, cfg.optim.beta)
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.rt.scaler.scale(loss).backward()
+        if cfg.optim.clip > 0:
+            self.rt.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.progress.lr * win.lr_scale
+        self.rt.scaler.step(self.optimizer)
+        self.rt.scaler.update()
+        self.ntasgd.update()
+        return ce.detach()
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self) -> bool:
+        """Validate, feed NT-ASGD, save; True when fine-tuning has converged."""
+        p = self.progress
+        t0 = time.perf_counter()
+        res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
+        if not math.isfinite(res.loss):
+            raise TrainingError(
+                f"validation loss is {res.loss} at step {p.step}; resume from the last checkpoint "
+                f"with a lower learning rate, e.g. --set optim.lr={p.lr / 2:g}"
+            )
+        stop = False
+        if self.finetune:
+            stop = self.ntasgd.should_stop(res.loss)
+        elif self.ntasgd.check(res.loss, p.step):
+            log.info("NT-ASGD: validation did not improve on the best check before the last %d; "
+                     "averaging from step %d", self.cfg.optim.nonmono, p.step)
+        p.checks += 1
+        improved = res.loss < p.best_val_loss
+        if improved:
+            p.best_val_loss = res.loss
+            self.save_best(res.loss)
+        val_seconds = time.perf_counter() - t0
+        train_loss = p.loss_sum / max(1, p.loss_tokens)
+        record = {
+            "epoch": p.epoch,
+            "step": p.step,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(res.loss, 6),
+            "val_ppl": round(res.perplexity, 4),
+            "lr": p.lr,
+            "phase": self.ntasgd.phase,
+            "averaged": self.ntasgd.num_averaged,
+            "seconds": round(p.train_seconds + val_seconds, 3),
+            "tokens_per_s": round(p.loss_tokens / p.train_seconds, 1) if p.train_seconds else None,
+            "best": improved,
+        }
+        if self.rt.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        log.info(
+            "epoch %d step %d | train ppl %.2f | valid ppl %.2f%s | lr %.3g | %s | %.0f tok/s",
+            p.epoch, p.step, math.exp(min(train_loss, 700)), res.perplexity, " *" if improved else "",
+            p.lr, self.ntasgd.phase, record["tokens_per_s"] or 0,
+        )
+        p.loss_sum, p.loss_tokens, p.train_seconds = 0.0, 0, 0.0
+        return stop
+
+    def final_check(self) -> None:
+        """After a stop, validate the weights trained since the last check (without adding
+        to the trigger's history, so a resumed run is unchanged) and keep them if better."""
+        p = self.progress
+        if p.loss_tokens == 0:
+            return
+        res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
+        log.info("weights at the stop: valid ppl %.2f", res.perplexity)
+        if self.rt.is_main:
+            record = {"epoch": p.epoch, "step": p.step, "train_loss": round(p.loss_sum / p.loss_tokens, 6),
+                      "val_loss": round(res.loss, 6), "val_ppl": round(res.perplexity, 4), "lr": p.lr,
+                      "phase": self.ntasgd.phase, "averaged": self.ntasgd.num_averaged, "final": True,
+                      "best": res.loss < p.best_val_loss}
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if res.loss < p.best_val_loss:
+            p.best_val_loss = res.loss
+            self.save_best(res.loss)
+            self.save_last()
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, max_epochs: int | None = None, max_minutes: float | None = None,
+            max_steps: int | None = None) -> str:
+        """Train until the configured epochs (or max_epochs), the time limit, a signal or,
+        when fine-tuning, convergence. Returns why it stopped."""
+        last_epoch = self.cfg.train.epochs if not self.finetune else self.cfg.train.finetune_epochs
+        if max_epochs is not None:
+            last_epoch = min(last_epoch, max_epochs)
+        minutes = max_minutes if max_minutes is not None else self.cfg.train.max_minutes
+        deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        if self.finetune and not self.ntasgd.averaging:
+            self.ntasgd.start(self.progress.step)
+        old = self._install_signals()
+        try:
+            return self._loop(last_epoch, deadline, max_steps)
+        finally:
+            self._restore_signals(old)
+
+    def _loop(self, last_epoch: int, deadline: float | None, max_steps: int | None) -> str:
+        p, cfg = self.progress, self.cfg
+        n_rows = self.train_data.size(0)
+        tokens_per_row = self.train_data.size(1)
+        check_every = cfg.optim.check_every
+        if p.finished:
+            return "finished"
+        while p.epoch <= last_epoch:
+            if not p.in_epoch:
+                p.position = epoch_start(cfg.data, self.sampler)
+                p.in_epoch = True
+                self.state = None
+            bar = self._progress_bar(p)
+            loss_acc = torch.zeros((), device=self.rt.device)
+            acc_tokens = 0
+            batches = 0
+            t_last = time.perf_counter()
+            for win in bptt_windows(self.train_data, cfg.data, self.sampler, start=p.position):
+                ce = self.train_step(win)
+                n = win.targets.numel()
+                loss_acc += ce * n
+                acc_tokens += n
+                batches += 1
+                p.step += 1
+                p.position = win.end
+                now = time.perf_counter()
+                p.train_seconds += now - t_last
+                p.elapsed += now - t_last
+                t_last = now
+                if bar is not None:
+                    bar.update(1)
+                if batches % cfg.train.log_every == 0 or check_every and p.step % check_every == 0:
+                    self._flush_loss(loss_acc, acc_tokens, bar, now, batches)
+                    loss_acc.zero_()
+                    acc_tokens = 0
+                self._maybe_start_average(n_rows)
+                if check_every and p.step % check_every == 0:
+                    stop = self.check()
+                    t_last = time.perf_counter()
+                    if stop:
+                        return self._finish("converged", bar)
+                    self.save_last()
+                out_of_time = deadline is not None and time.monotonic() >= deadline
+                out_of_steps = max_steps is not None and p.step >= max_steps
+                if self._signal or out_of_time or out_of_steps:
+                    self._flush_loss(loss_acc, acc_tokens, None, now, batches)
+                    self.save_last()
+                    if bar is not None:
+                        bar.close()
+                    return "interrupted" if self._signal else "time limit" if out_of_time else "max steps"
+            self._flush_loss(loss_acc, acc_tokens, None, time.perf_counter(), batches)
+            if bar is not None:
+                bar.close()
+            p.in_epoch = False
+            stop = False
+            if not check_every:
+                stop = self.check()
+            if p.epoch in cfg.optim.lr_drops:
+                p.lr /= cfg.optim.lr_drop_factor
+                log.info("lr divided by %g after epoch %d: now %g", cfg.optim.lr_drop_factor, p.epoch, p.lr)
+            p.epoch += 1
+            if stop:
+                return self._finish("converged", None)
+            self.save_last()
+        if p.epoch > (self.cfg.train.finetune_epochs if self.finetune else self.cfg.train.epochs):
+            return self._finish("finished", None)
+        return "max epochs"
+
+    def _finish(self, reason: str, bar) -> str:
+        if bar is not None:
+            bar.close()
+        self.progress.finished = True
+        self.progress.in_epoch = False
+        self.save_last()
+        return reason
+
+    def _flush_loss(self, loss_acc, acc_tokens: int, bar, now: float, batches: int) -> None:
+        """Move the running loss to the host (one sync per log interval, not per step)."""
+        if acc_tokens == 0:
+            return
+        total = loss_acc.item()
+        if not math.isfinite(total):
+            raise TrainingError(
+                f"training loss is {total} at step {self.progress.step}; resume from the last checkpoint "
+                f"with a lower learning rate, e.g. --set optim.lr={self.progress.lr / 2:g}"
+            )
+        p = self.progress
+        p.loss_sum += total
+        p.loss_tokens += acc_tokens
+        if bar is not None:
+            loss = total / acc_tokens
+            bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 700)):.1f}", lr=f"{p.lr:.3g}",
+                            ms_batch=f"{1000 * p.train_seconds / max(1, batches):.0f}", refresh=False)
+
+    def _maybe_start_average(self, n_rows: int) -> None:
+        start = self.cfg.optim.average_from_epoch
+        if start is None or self.ntasgd.averaging or self.cfg.optim.optimizer != "sgd":
+            return
+        p = self.progress
+        if p.epoch - 1 + p.position / n_rows >= start:
+            log.info("averaging from step %d (optim.average_from_epoch=%g)", p.step, start)
+            self.ntasgd.start(p.step)
+
+    def _progress_bar(self, p: Progress):
+        if not self.rt.is_main:
+            return None
+        from tqdm.auto import tqdm
+
+        total = approx_batches(self.train_data[p.position:], self.cfg.data)
+        return tqdm(total=total, desc=f"epoch {p.epoch}", leave=False, dynamic_ncols=True, disable=None)
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signals(self):
+        def handler(signum, frame):
+            self._signal = signal.Signals(signum).name
+
+        old = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def describe(model: AWDLSTM) -> str:
+    return f"{count_parameters(model) / 1e6:.2f}M parameters, layers {model.layer_sizes}"
