@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv with awdlstm and its test tools. Safe to run again (it only adds what is
-# missing). A CPU machine gets the CPU build of PyTorch, never the multi-GB CUDA one.
+# Set up .venv with awdlstm, its test tools and safetensors (for `awdlstm export`). Safe to
+# run again (it only adds what is missing). A CPU machine gets the CPU build of PyTorch,
+# never the multi-GB CUDA one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,4 +18,4 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
         "$PY" -m pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
-"$PY" -m pip install -q -e ".[test]"
+"$PY" -m pip install -q -e ".[test,export]"

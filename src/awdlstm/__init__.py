@@ -5,5 +5,6 @@ __version__ = "0.1.0"
 
 from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from .model import AWDLSTM  # noqa: E402
+from .api import LanguageModel  # noqa: E402
 
-__all__ = ["AWDLSTM", "Config", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "__version__"]
+__all__ = ["AWDLSTM", "Config", "LanguageModel", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "__version__"]

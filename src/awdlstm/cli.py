@@ -67,6 +67,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
 
     sub.add_parser("presets", help="list the presets")
+
+    p = sub.add_parser("cache", help="perplexity with the neural cache pointer (Grave et al. 2017)")
+    p.add_argument("run", type=Path, help="run directory (its best.pt), a checkpoint file or an export")
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--preset", choices=("ptb", "wt2"),
+                   help="window/theta/lambda of the original README (default: wt2 for wikitext-2, else ptb)")
+    p.add_argument("--window", type=int, help="previous positions in the cache (ptb 500, wt2 3785)")
+    p.add_argument("--theta", type=float, help="flatness of the cache softmax (ptb 1.0, wt2 0.662)")
+    p.add_argument("--lambda", dest="lam", type=float, help="weight of the cache, in [0, 1] (ptb 0.1, wt2 0.1279)")
+    p.add_argument("--search", action="store_true", help="first choose theta and lambda on the validation split")
+    p.add_argument("--thetas", help="comma-separated thetas for --search")
+    p.add_argument("--lambdas", help="comma-separated lambdas for --search")
+    p.add_argument("--windows", help="comma-separated windows for --search (default: only --window)")
+    p.add_argument("--limit", type=int, help="only the first N tokens of each split (quick checks)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_data_args(p)
+
+    p = sub.add_parser("generate", help="sample text from a trained model")
+    p.add_argument("run", type=Path, help="run directory, checkpoint file or export")
+    p.add_argument("--prompt", default="", help="words to continue (default: start a new line)")
+    p.add_argument("--words", type=int, default=50, help="words to generate (<eos> counts, printed as a line break)")
+    p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (> 0)")
+    p.add_argument("--top-k", type=int, help="sample only among the K most likely words")
+    p.add_argument("--top-p", type=float, help="sample only among the most likely words holding probability P")
+    p.add_argument("--seed", type=int, help="the same seed gives the same text (default: random, logged)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+    p = sub.add_parser("score", help="log-probability and perplexity of each line of a file")
+    p.add_argument("run", type=Path, help="run directory, checkpoint file or export")
+    p.add_argument("file", type=Path, help="UTF-8 text, one sentence per line (each scored on its own)")
+    p.add_argument("--batch-size", type=int, default=32, help="lines scored at once (padded)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("export", help="write a run as safetensors, config.json, vocab.txt and a model card")
+    p.add_argument("run", type=Path, help="run directory (its best.pt) or a checkpoint file")
+    p.add_argument("out_dir", type=Path, help="new directory to create")
     return parser
 
 
@@ -174,8 +212,99 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _number_list(text: str | None, kind, flag: str) -> list | None:
+    from .errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        values = [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag} needs at least one value")
+    return values
+
+
+def cmd_cache(args) -> int:
+    from .cache import SearchGrid, evaluate_cache
+
+    search = None
+    if args.search:
+        search = SearchGrid()
+        search.thetas = _number_list(args.thetas, float, "--thetas") or search.thetas
+        search.lambdas = _number_list(args.lambdas, float, "--lambdas") or search.lambdas
+        search.windows = _number_list(args.windows, int, "--windows")
+    elif args.thetas or args.lambdas or args.windows:
+        from .errors import ConfigError
+
+        raise ConfigError("--thetas, --lambdas and --windows are grids for --search; add --search")
+    res = evaluate_cache(args.run, args.split, window=args.window, theta=args.theta, lam=args.lam,
+                         preset=args.preset, search=search, device=args.device, data=args.data,
+                         data_root=args.data_root, limit=args.limit)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    if "search" in res:
+        best = res["search"]["best"]
+        print(f"search on valid ({res['search']['settings']} settings): best window {best['window']}, "
+              f"theta {best['theta']:g}, lambda {best['lambda']:g}: perplexity {best['perplexity']:.2f}")
+    print(f"{res['split']}: perplexity {res['perplexity']:.2f} with the cache (window {res['window']}, "
+          f"theta {res['theta']:g}, lambda {res['lambda']:g}), {res['model_perplexity']:.2f} without; "
+          f"{res['tokens']} tokens")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .api import LanguageModel
+    from .generate import check_sampling
+
+    check_sampling(args.words, args.temperature, args.top_k, args.top_p)  # before the slow load
+    lm = LanguageModel.load(args.run, device=args.device)
+    text = lm.generate(args.prompt, words=args.words, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed)
+    prompt = " ".join(args.prompt.split())
+    joined = prompt + ("" if not prompt or text.startswith("\n") else " ") + text
+    print(joined, end="" if joined.endswith("\n") else "\n")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .api import LanguageModel
+    from .data import read_lines
+    from .errors import ConfigError, DataError
+    from .score import score_lines
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.file.exists():
+        raise DataError(f"{args.file}: no such file")
+    lines = read_lines(args.file)
+    if not lines:
+        raise DataError(f"{args.file}: no lines to score")
+    lm = LanguageModel.load(args.run, device=args.device)
+    report = score_lines(lm.model, lm.vocab, lines, batch_size=args.batch_size, where=str(args.file))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(f"{'line':>6} {'tokens':>7} {'unk':>5} {'log_prob':>12} {'bits':>11} {'perplexity':>11}")
+    rows = [(str(i + 1), s) for i, s in enumerate(report.lines)] + [("total", report.total)]
+    for name, s in rows:
+        print(f"{name:>6} {s.tokens:>7} {s.unknown:>5} {s.log_prob:>12.4f} {s.bits:>11.2f} {s.perplexity:>11.2f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    out = export_run(args.run, args.out_dir)
+    print(f"exported {args.run} to {out}: model.safetensors, config.json, vocab.txt, README.md")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "data": cmd_data,
-            "presets": cmd_presets}
+            "presets": cmd_presets, "cache": cmd_cache, "generate": cmd_generate, "score": cmd_score,
+            "export": cmd_export}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -271,6 +271,7 @@ class Trainer:
             acc_tokens = 0
             batches = 0
             t_last = time.perf_counter()
+            self._interval_start, self._interval_batches = t_last, 0
             for win in bptt_windows(self.train_data, cfg.data, self.sampler, start=p.position):
                 ce = self.train_step(win)
                 n = win.targets.numel()
@@ -292,7 +293,7 @@ class Trainer:
                 self._maybe_start_average(n_rows)
                 if check_every and p.step % check_every == 0:
                     stop = self.check()
-                    t_last = time.perf_counter()
+                    t_last = self._interval_start = time.perf_counter()
                     if stop:
                         return self._finish("converged", bar)
                     self.save_last()
@@ -343,10 +344,17 @@ class Trainer:
         p = self.progress
         p.loss_sum += total
         p.loss_tokens += acc_tokens
-        if bar is not None:
-            loss = total / acc_tokens
-            bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 700)):.1f}", lr=f"{p.lr:.3g}",
-                            ms_batch=f"{1000 * p.train_seconds / max(1, batches):.0f}", refresh=False)
+        if bar is None:
+            return
+        loss = total / acc_tokens
+        ms = 1000 * (now - self._interval_start) / max(1, batches - self._interval_batches)
+        self._interval_start, self._interval_batches = now, batches
+        stats = dict(loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 700)):.1f}", lr=f"{p.lr:.3g}", ms_batch=f"{ms:.0f}")
+        if bar.disable:  # no terminal (a log file, CI): one line per interval instead of a bar
+            log.info("epoch %d | batch %d/~%d | %s", p.epoch, bar.n, bar.total,
+                     " | ".join(f"{k} {v}" for k, v in stats.items()))
+        else:
+            bar.set_postfix(stats, refresh=False)
 
     def _maybe_start_average(self, n_rows: int) -> None:
         start = self.cfg.optim.average_from_epoch

@@ -1,0 +1,1 @@
+"""Speed benchmarks for awdlstm: ``python -m benchmarks.run`` (see benchmarks/README.md)."""

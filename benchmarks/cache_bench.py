@@ -1,0 +1,144 @@
+"""The neural cache: vectorised (awdlstm.cache) against the naive per-token reference.
+
+    python -m benchmarks.cache_bench RUN --split valid --window 500 [--limit N]
+
+Both read the same precomputed hidden states and model log-probabilities of one split (the
+model's forward pass is timed apart and not counted for either). The vectorised code needs
+only the target's probability; the naive one builds the cache's distribution over the whole
+vocabulary for every token, as the original pointer.py does, and gets the model's full
+distributions (computed chunk by chunk outside its timing, so memory stays bounded). Writes
+a JSON result with hardware, versions and the full config to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import awdlstm
+from awdlstm.api import load_parts
+from awdlstm.cache import PRESETS, CacheParams, cache_log_probs, mix, model_trace, naive_cache_log_probs, preset_for
+from awdlstm.data import load_corpus
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cache_bench", description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="run directory, checkpoint or export")
+    p.add_argument("--split", choices=("valid", "test"), default="valid")
+    p.add_argument("--window", type=int, help="default: the corpus preset (ptb 500, wt2 3785)")
+    p.add_argument("--theta", type=float)
+    p.add_argument("--lambda", dest="lam", type=float)
+    p.add_argument("--limit", type=int, help="only the first N tokens of the split")
+    p.add_argument("--chunk", type=int, default=512, help="positions per block of the vectorised cache")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs of the vectorised cache (best is kept)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, vocab, cfg, _ = load_parts(args.run)
+    base = PRESETS[preset_for(cfg.data.name)]
+    params = CacheParams(base.window if args.window is None else args.window,
+                         base.theta if args.theta is None else args.theta,
+                         base.lam if args.lam is None else args.lam).validate()
+    ids = load_corpus(cfg.data).split(args.split)
+    if args.limit:
+        ids = ids[: args.limit]
+
+    t0 = time.perf_counter()
+    trace = model_trace(model, ids)
+    forward_s = time.perf_counter() - t0
+    n = trace.targets.numel()
+    print(f"{args.split}: {n} tokens, hidden {tuple(trace.hidden.shape)}, forward pass {forward_s:.1f} s", flush=True)
+
+    def vectorised():
+        lp = cache_log_probs(trace.hidden, trace.targets, params.window, [params.theta], chunk=args.chunk)[0]
+        return mix(trace.model_log_probs, lp, params.lam)
+
+    vectorised()  # warm-up
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        fast = vectorised()
+        times.append(time.perf_counter() - t0)
+    fast_s = min(times)
+
+    naive_s, parts, block = 0.0, [], 2048
+    with torch.no_grad():
+        for s in range(0, n, block):
+            full = F.log_softmax(model.decoder(trace.hidden[s : s + block]).float(), dim=-1)  # (b, V), not timed
+            t0 = time.perf_counter()
+            parts.append(naive_cache_log_probs(trace.hidden, trace.targets, full, params.window, params.theta,
+                                               params.lam, start=s))
+            naive_s += time.perf_counter() - t0
+            print(f"  naive: {min(s + block, n)}/{n} tokens, {naive_s:.1f} s", end="\r", flush=True)
+    print()
+    slow = torch.cat(parts).double()
+    finite = torch.isfinite(slow) & torch.isfinite(fast)
+    diff = (fast - slow)[finite].abs().max().item() if finite.any() else 0.0
+
+    result = {
+        "benchmark": "cache",
+        "run": str(args.run),
+        "split": args.split,
+        "tokens": n,
+        "window": params.window, "theta": params.theta, "lambda": params.lam, "chunk": args.chunk,
+        "forward_seconds": round(forward_s, 3),
+        "vectorised": {"seconds": fast_s, "tokens_per_s": n / fast_s},
+        "naive": {"seconds": naive_s, "tokens_per_s": n / naive_s},
+        "speedup": naive_s / fast_s,
+        "max_abs_diff_log_prob": diff,
+        "perplexity": {"model": math.exp(-trace.model_log_probs.mean().item()),
+                       "cache": math.exp(-fast.mean().item())},
+        "hardware": hardware(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "awdlstm": awdlstm.__version__},
+        "config": cfg.to_dict(),
+        "vocab_size": len(vocab),
+        "command": " ".join(["python -m benchmarks.cache_bench", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    print(f"vectorised: {result['vectorised']['tokens_per_s']:,.0f} tokens/s ({fast_s:.3f} s)")
+    print(f"naive:      {result['naive']['tokens_per_s']:,.0f} tokens/s ({naive_s:.2f} s)")
+    print(f"speedup:    {result['speedup']:.1f}x (max |difference| of log-probs {diff:.2e}); "
+          f"perplexity {result['perplexity']['model']:.2f} -> {result['perplexity']['cache']:.2f} with the cache")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out_dir / f"cache-{Path(cfg.data.name).name}-{args.split}-w{params.window}-{stamp}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

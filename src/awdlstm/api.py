@@ -1,0 +1,118 @@
+"""The Python API: a trained language model from a run, a checkpoint or an export.
+
+    from awdlstm import LanguageModel
+    lm = LanguageModel.load("runs/ptb")         # RUN/best.pt, a .pt file, or an export directory
+    lm.score(["the cat sat on the mat"])        # per line: log-probability, bits, perplexity
+    lm.perplexity(open("text.txt").read())      # one running text
+    lm.generate("the market", words=20, seed=1)
+
+Only the weights, the vocabulary and the model config are needed: nothing of the training
+state (optimiser, averaging, generators) is read, and the training code is not imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import Config, TrainConfig
+from .data import Vocab
+from .errors import CheckpointError
+from .generate import detokenize, encode_prompt, generate_ids
+from .model import AWDLSTM
+from .score import LineScore, ScoreReport, score_lines, score_stream
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """auto (CUDA when there is one), cpu, cuda or cuda:N; the same rules as training."""
+    from .runtime import make_runtime
+
+    return make_runtime(replace(TrainConfig(), device=name or "auto")).device
+
+
+def build_model(cfg: Config, vocab_size: int, state: dict[str, Any], where: str) -> AWDLSTM:
+    model = AWDLSTM(cfg.model, vocab_size)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{where}: weights do not match its model configuration "
+                              f"({str(err).splitlines()[0][:150]})") from None
+    return model.eval()
+
+
+def load_parts(path: Path | str) -> tuple[AWDLSTM, Vocab, Config, dict[str, Any]]:
+    """Model (on the CPU, eval mode), vocabulary, config and plain facts about the source
+    (``kind``: run, checkpoint or export; ``checkpoint``; ``run_dir``; ``progress``)."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        from .export import load_export
+
+        model, vocab, cfg = load_export(path)
+        return model, vocab, cfg, {"kind": "export", "path": str(path)}
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            raise CheckpointError(f"{path}: no best.pt (a run directory) or model.safetensors (an export) there; "
+                                  f"train first: awdlstm train ... --out {path}")
+        ckpt_path, kind, run_dir = path / "best.pt", "run", path
+    else:
+        ckpt_path, kind, run_dir = path, "checkpoint", path.parent
+    ckpt = load_checkpoint(ckpt_path)
+    try:
+        cfg = Config.from_dict(ckpt["config"])
+        vocab = Vocab(ckpt["vocab"])
+        state = ckpt["model"]
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{ckpt_path}: checkpoint lacks {err}; "
+                              "use a best.pt or last.pt written by awdlstm") from None
+    model = build_model(cfg, len(vocab), state, str(ckpt_path))
+    info = {"kind": kind, "path": str(path), "checkpoint": str(ckpt_path), "run_dir": str(run_dir),
+            "progress": ckpt.get("progress"), "val_loss": ckpt.get("val_loss")}
+    return model, vocab, cfg, info
+
+
+class LanguageModel:
+    """A trained AWD-LSTM with its vocabulary, ready to score and generate (no dropout)."""
+
+    def __init__(self, model: AWDLSTM, vocab: Vocab, config: Config | None = None) -> None:
+        if model.vocab_size != len(vocab):
+            raise CheckpointError(f"the model has {model.vocab_size} output words but the vocabulary {len(vocab)}")
+        self.model = model.eval()
+        self.vocab = vocab
+        self.config = config
+
+    @classmethod
+    def load(cls, path: Path | str, *, device: str | None = "cpu") -> "LanguageModel":
+        """A run directory (its best.pt), a checkpoint file, or an export directory."""
+        model, vocab, cfg, _ = load_parts(path)
+        return cls(model.to(resolve_device(device)), vocab, cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.encoder.weight.device
+
+    def score(self, lines: Iterable[str] | str, *, batch_size: int = 32) -> ScoreReport:
+        """Each line on its own (zero state, <eos> fed first, the line's words then <eos>
+        as targets). A string is split into lines first."""
+        if isinstance(lines, str):
+            lines = lines.splitlines()
+        return score_lines(self.model, self.vocab, list(lines), batch_size=batch_size)
+
+    def perplexity(self, text: str) -> float:
+        """Perplexity of a text read as one stream (the state carried across its lines, as
+        ``awdlstm evaluate`` reads a split); every token, the first word included, counts."""
+        return self.score_text(text).perplexity
+
+    def score_text(self, text: str) -> LineScore:
+        return score_stream(self.model, self.vocab, text.splitlines())
+
+    def generate(self, prompt: str = "", *, words: int = 50, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
+        """The continuation of ``prompt`` (not including it); <eos> becomes a line break.
+        The same seed gives the same text on the same device."""
+        ids = generate_ids(self.model, encode_prompt(self.vocab, prompt), words,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return detokenize(self.vocab.decode(ids))
