@@ -6,7 +6,9 @@ Both read the same precomputed hidden states and model log-probabilities of one 
 model's forward pass is timed apart and not counted for either). The vectorised code needs
 only the target's probability; the naive one builds the cache's distribution over the whole
 vocabulary for every token, as the original pointer.py does, and gets the model's full
-distributions (computed chunk by chunk outside its timing, so memory stays bounded). Writes
+distributions (computed chunk by chunk outside its timing, so memory stays bounded). A third,
+the original code's way (one-hot (W, V) vectors per token), is timed on the first
+``--onehot-tokens`` tokens. Writes
 a JSON result with hardware, versions and the full config to benchmarks/results/.
 """
 
@@ -42,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="only the first N tokens of the split")
     p.add_argument("--chunk", type=int, default=512, help="positions per block of the vectorised cache")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of the vectorised cache (best is kept)")
+    p.add_argument("--onehot-tokens", type=int, default=2000,
+                   help="tokens timed for the original-style one-hot baseline (0: skip); its rate is per token")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -108,6 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     finite = torch.isfinite(slow) & torch.isfinite(fast)
     diff = (fast - slow)[finite].abs().max().item() if finite.any() else 0.0
 
+    onehot = None
+    if args.onehot_tokens:
+        # The original pointer.py's way: per token, one-hot vectors (W, V) of the cached next
+        # words, weighted by the cache's softmax and summed. Timed on the first tokens only
+        # (it is slow); its rate is tokens per second like the others.
+        m = min(args.onehot_tokens, n)
+        vocab_size = len(vocab)
+        with torch.no_grad():
+            full = F.log_softmax(model.decoder(trace.hidden[:m]).float(), dim=-1).exp()
+            t0 = time.perf_counter()
+            for t in range(1, m):
+                lo = max(0, t - params.window)
+                attn = torch.softmax(params.theta * (trace.hidden[lo:t] @ trace.hidden[t]), dim=0)
+                onehots = F.one_hot(trace.targets[lo:t], vocab_size).float()  # (W, V)
+                p_cache = (attn[:, None] * onehots).sum(0)
+                p = params.lam * p_cache + (1 - params.lam) * full[t]
+                p[trace.targets[t]].item()
+            onehot_s = time.perf_counter() - t0
+        onehot = {"tokens": m, "seconds": onehot_s, "tokens_per_s": (m - 1) / onehot_s}
+
     result = {
         "benchmark": "cache",
         "run": str(args.run),
@@ -118,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "vectorised": {"seconds": fast_s, "tokens_per_s": n / fast_s},
         "naive": {"seconds": naive_s, "tokens_per_s": n / naive_s},
         "speedup": naive_s / fast_s,
+        "onehot_original_style": onehot,
+        "speedup_vs_onehot": None if onehot is None else (n / fast_s) / onehot["tokens_per_s"],
         "max_abs_diff_log_prob": diff,
         "perplexity": {"model": math.exp(-trace.model_log_probs.mean().item()),
                        "cache": math.exp(-fast.mean().item())},
@@ -130,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"vectorised: {result['vectorised']['tokens_per_s']:,.0f} tokens/s ({fast_s:.3f} s)")
     print(f"naive:      {result['naive']['tokens_per_s']:,.0f} tokens/s ({naive_s:.2f} s)")
+    if onehot is not None:
+        print(f"one-hot (original style, first {onehot['tokens']} tokens): {onehot['tokens_per_s']:,.0f} tokens/s; "
+              f"vectorised is {result['speedup_vs_onehot']:.0f}x faster")
     print(f"speedup:    {result['speedup']:.1f}x (max |difference| of log-probs {diff:.2e}); "
           f"perplexity {result['perplexity']['model']:.2f} -> {result['perplexity']['cache']:.2f} with the cache")
     args.out_dir.mkdir(parents=True, exist_ok=True)

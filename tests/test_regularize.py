@@ -92,7 +92,7 @@ def test_weight_drop_uses_one_mask_for_all_steps_and_batch_elements():
     torch.manual_seed(42)
     out, (h, c) = layer(x)
     torch.manual_seed(42)
-    dropped = F.dropout(layer.weight_hh_l0.detach(), 0.5, training=True)
+    dropped = drop_connect(layer.weight_hh_l0.detach(), 0.5, training=True)  # the same draw
     plain = _plain_copy(layer)
     with torch.no_grad():
         plain.weight_hh_l0.copy_(dropped)

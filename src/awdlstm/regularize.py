@@ -20,8 +20,14 @@ from torch import Tensor, nn
 
 
 def _keep_mask(like: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
-    """Bernoulli(1 - p) mask scaled by 1 / (1 - p), so the expectation is unchanged."""
-    return like.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
+    """Bernoulli(1 - p) mask scaled by 1 / (1 - p), so the expectation is unchanged.
+
+    On the CPU, comparing uniform numbers with p is 1.7x faster than ``bernoulli_``
+    (benchmarks/masks.py); on CUDA ``bernoulli_`` is one fused kernel.
+    """
+    if like.is_cuda:
+        return like.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
+    return (torch.rand(shape, dtype=like.dtype, device=like.device) >= p).to(like.dtype).div_(1 - p)
 
 
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -49,7 +55,9 @@ def drop_connect(weight: Tensor, p: float, training: bool) -> Tensor:
     """DropConnect (Wan et al. 2013): drop individual weights, rescale the rest."""
     if not training or p == 0:
         return weight
-    return F.dropout(weight, p, training=True)
+    if weight.is_cuda:
+        return F.dropout(weight, p, training=True)
+    return weight * _keep_mask(weight, weight.shape, p)
 
 
 def activation_reg(dropped_output: Tensor, alpha: float) -> Tensor:

@@ -66,7 +66,8 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
         raise ConfigError(f"train.device {cfg.device!r} is not supported; use auto, cpu, cuda or cuda:N")
     precision = cfg.precision
     if device.type == "cpu" and precision != "fp32":
-        # Measured on the 2-core AVX2 CI machine: bf16 autocast is slower than fp32 there.
+        # On the AVX2 CPU we develop on, oneDNN has no bf16 LSTM ("could not create a primitive
+        # descriptor") and without oneDNN a bf16 step is ~5x slower than fp32 (benchmarks/README.md).
         raise ConfigError(f"train.precision={precision} is for CUDA; use fp32 on the CPU")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -351,7 +351,7 @@ class Trainer:
         self._interval_start, self._interval_batches = now, batches
         stats = dict(loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 700)):.1f}", lr=f"{p.lr:.3g}", ms_batch=f"{ms:.0f}")
         if bar.disable:  # no terminal (a log file, CI): one line per interval instead of a bar
-            log.info("epoch %d | batch %d/~%d | %s", p.epoch, bar.n, bar.total,
+            log.info("epoch %d | batch %d/~%d | %s", p.epoch, batches, bar.total,
                      " | ".join(f"{k} {v}" for k, v in stats.items()))
         else:
             bar.set_postfix(stats, refresh=False)
