@@ -24,7 +24,7 @@ def metrics(run):
 
 @pytest.mark.slow
 def test_tiny_run_lowers_validation_perplexity_and_writes_the_run(tmp_path, small_ptb, capsys):
-    run = train(tmp_path, "run", small_ptb, "--max-epochs", "3")
+    run = train(tmp_path, "run", small_ptb, "--set", "train.epochs=3")
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["val_ppl"] < rows[0]["val_ppl"] < 2000  # uniform would be ~ vocabulary size
