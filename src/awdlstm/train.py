@@ -175,8 +175,8 @@ class Trainer:
         res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
         if not math.isfinite(res.loss):
             raise TrainingError(
-                f"validation loss is {res.loss} at step {p.step}; resume from the last checkpoint "
-                f"with a lower learning rate, e.g. --set optim.lr={p.lr / 2:g}"
+                f"validation loss is {res.loss} at step {p.step}; the checkpoints hold the last good "
+                f"weights; start a new run with a lower learning rate, e.g. --set optim.lr={p.lr / 2:g}"
             )
         stop = False
         if self.finetune:
@@ -338,8 +338,8 @@ class Trainer:
         total = loss_acc.item()
         if not math.isfinite(total):
             raise TrainingError(
-                f"training loss is {total} at step {self.progress.step}; resume from the last checkpoint "
-                f"with a lower learning rate, e.g. --set optim.lr={self.progress.lr / 2:g}"
+                f"training loss is {total} at step {self.progress.step}; the checkpoints hold the last good "
+                f"weights; start a new run with a lower learning rate, e.g. --set optim.lr={self.progress.lr / 2:g}"
             )
         p = self.progress
         p.loss_sum += total
