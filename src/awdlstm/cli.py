@@ -165,7 +165,7 @@ def cmd_finetune(args) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    line = f"stopped: {summary['stopped']} after epoch {summary['epoch']}, step {summary['step']}, {summary['seconds']:.0f} s"
+    line = f"stopped: {summary['stopped']} at epoch {summary['epoch']}, step {summary['step']}, {summary['seconds']:.0f} s"
     print(line)
     for split in ("valid", "test"):
         if split in summary:
