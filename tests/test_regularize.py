@@ -10,6 +10,7 @@ from awdlstm.regularize import (
     WeightDropLSTM,
     activation_reg,
     drop_connect,
+    embed_with_dropout,
     embedding_dropout,
     locked_dropout,
     temporal_activation_reg,
@@ -160,3 +161,18 @@ def test_activation_regularizers_match_their_formulas():
     assert temporal_activation_reg(h, 0.5).item() == pytest.approx(0.5 * 18 / 4)
     assert temporal_activation_reg(h[:1], 1.0).item() == 0.0  # one step: no NaN
     assert activation_reg(h, 0.0).item() == 0.0
+
+
+def test_embed_with_dropout_equals_masking_the_matrix():
+    w = torch.randn(50, 6, requires_grad=True)
+    tokens = torch.randint(50, (7, 4))
+    torch.manual_seed(5)
+    fast = embed_with_dropout(tokens, w, 0.4, training=True)
+    torch.manual_seed(5)
+    ref = F.embedding(tokens, embedding_dropout(w, 0.4, training=True))
+    assert torch.allclose(fast, ref)
+    assert (fast == 0).all(-1).any()  # some words were dropped
+    g1, = torch.autograd.grad(fast.sum(), w)
+    g2, = torch.autograd.grad(ref.sum(), w)
+    assert torch.allclose(g1, g2)
+    assert torch.equal(embed_with_dropout(tokens, w, 0.4, training=False), F.embedding(tokens, w))

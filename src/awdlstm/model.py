@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .regularize import WeightDropLSTM, embedding_dropout, locked_dropout
+from .regularize import WeightDropLSTM, embed_with_dropout, locked_dropout
 
 # One (h, c) pair per layer, each (1, B, H_layer).
 State = list[tuple[Tensor, Tensor]]
@@ -73,8 +72,7 @@ class AWDLSTM(nn.Module):
         cfg = self.cfg
         if state is None:
             state = self.init_state(tokens.size(1))
-        weight = embedding_dropout(self.encoder.weight, cfg.embed_p, self.training)
-        x = F.embedding(tokens, weight)  # (T, B, E)
+        x = embed_with_dropout(tokens, self.encoder.weight, cfg.embed_p, self.training)  # (T, B, E)
         x = locked_dropout(x, cfg.input_p, self.training)
         new_state: State = []
         for i, rnn in enumerate(self.rnns):

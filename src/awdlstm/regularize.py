@@ -51,6 +51,16 @@ def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:
     return weight * _keep_mask(weight, (weight.size(0), 1), p)
 
 
+def embed_with_dropout(tokens: Tensor, weight: Tensor, p: float, training: bool) -> Tensor:
+    """``F.embedding(tokens, embedding_dropout(weight, p, training))`` without masking the
+    whole (V, E) matrix: the same per-word mask is drawn (same random numbers) but applied
+    to the looked-up (T, B, E) vectors, so the cost follows the batch, not the vocabulary."""
+    x = F.embedding(tokens, weight)
+    if not training or p == 0:
+        return x
+    return x * F.embedding(tokens, _keep_mask(weight, (weight.size(0), 1), p))
+
+
 def drop_connect(weight: Tensor, p: float, training: bool) -> Tensor:
     """DropConnect (Wan et al. 2013): drop individual weights, rescale the rest."""
     if not training or p == 0:
