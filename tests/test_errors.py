@@ -58,3 +58,25 @@ def test_checkpoint_from_another_vocabulary(capsys, tmp_path, small_ptb):
     other = write_corpus(tmp_path / "other", "x y z\n" * 200)
     code, err = run_cli(capsys, "evaluate", str(run), "--data", str(other))
     assert code == 2 and "vocabulary" in err[0]
+
+
+def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    import subprocess
+    import sys
+
+    from awdlstm.errors import ConfigError
+    from awdlstm.runs import RunLock
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(str(live.pid))
+        with pytest.raises(ConfigError, match=f"in use by another training \\(process {live.pid}\\)"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        live.kill()
+        live.wait()
+    # the owner is now dead: its lock is stale and taken over, then released
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(__import__("os").getpid())
+    assert not (tmp_path / ".lock").exists()

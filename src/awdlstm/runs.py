@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -30,6 +31,53 @@ from .runtime import Runtime, make_runtime
 from .train import Trainer, describe
 
 log = logging.getLogger(__name__)
+
+
+class RunLock:
+    """RUN/.lock holds the training process's id while it runs, so a second training into
+    the same directory refuses instead of overwriting it; a lock left by a dead process is
+    taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = self._owner()
+                if pid is not None and pid != os.getpid() and _alive(pid):
+                    raise ConfigError(f"{self.path.parent} is in use by another training (process {pid}); "
+                                      "wait for it, stop it, or choose another directory") from None
+                log.warning("taking over the stale lock of process %s in %s", pid, self.path.parent)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise ConfigError(f"could not lock {self.path.parent}; remove {self.path} if no training runs there")
+
+    def __exit__(self, *exc) -> None:
+        if self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_run_dir(out: Path, resume: bool) -> None:
@@ -65,8 +113,9 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
     _log_start(cfg, corpus, trainer, runtime)
-    return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
-                           f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
+    with RunLock(out):
+        return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
+                               f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
 
 
 def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = None,
@@ -97,7 +146,9 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
         trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
         trainer.save_best(trainer.progress.best_val_loss)
     _log_start(cfg, corpus, trainer, runtime)
-    return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval, f"awdlstm finetune {shlex.quote(str(run))} --resume")
+    with RunLock(out):
+        return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
+                               f"awdlstm finetune {shlex.quote(str(run))} --resume")
 
 
 def _log_start(cfg: Config, corpus: Corpus, trainer: Trainer, runtime: Runtime) -> None:
