@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,8 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import awdlstm
 from awdlstm.api import load_parts
+
+from .common import hardware, versions
 from awdlstm.cache import PRESETS, CacheParams, cache_log_probs, mix, model_trace, naive_cache_log_probs, preset_for
 from awdlstm.data import load_corpus
 
@@ -49,22 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     return p.parse_args(argv)
-
-
-def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff_log_prob": diff,
         "perplexity": {"model": math.exp(-trace.model_log_probs.mean().item()),
                        "cache": math.exp(-fast.mean().item())},
-        "hardware": hardware(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "awdlstm": awdlstm.__version__},
+        "hardware": hardware(trace.hidden.device),
+        "versions": versions(),
         "config": cfg.to_dict(),
         "vocab_size": len(vocab),
         "command": " ".join(["python -m benchmarks.cache_bench", *(argv if argv is not None else sys.argv[1:])]),

@@ -158,7 +158,7 @@ def test_cache_search(tmp_path, capsys):
     (["--lambda", "1.5"], "--lambda must be in [0, 1], got 1.5"),
     (["--lambda", "-0.1"], "--lambda must be in [0, 1], got -0.1"),
     (["--search", "--lambdas", "0,2"], "--lambda must be in [0, 1], got 2.0"),
-    (["--search", "--thetas", "a,b"], "--thetas expects comma-separated floats"),
+    (["--search", "--thetas", "a,b"], "--thetas expects comma-separated floats, like 1,2,3; got 'a,b'"),
     (["--thetas", "1,2"], "grids for --search; add --search"),
     (["--limit", "1"], "--limit must be >= 2"),
 ])

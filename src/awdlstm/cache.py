@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .model import AWDLSTM
 
 
@@ -221,8 +221,7 @@ def evaluate_cache(path: Path | str, split: str, *, window: int | None = None, t
     """Perplexity of ``split`` with and without the cache. Values not given come from
     ``preset`` (default: ``wt2`` for WikiText-2, else ``ptb``). With ``search``, theta and
     lambda (and the window, if the grid has windows) are chosen on the validation split."""
-    from .api import load_parts, resolve_device
-    from .data import load_corpus
+    from .api import resolve_device
 
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown cache preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -233,20 +232,13 @@ def evaluate_cache(path: Path | str, split: str, *, window: int | None = None, t
         search.validate(1 if window is None else window)
     if limit is not None and limit < 2:
         raise ConfigError(f"--limit must be >= 2 tokens, got {limit}")
-    model, vocab, cfg, _ = load_parts(path)
-    base = PRESETS[preset or preset_for(data or cfg.data.name)]
+    from .runs import load_with_corpus
+
+    model, cfg, corpus, _ = load_with_corpus(path, data=data, data_root=data_root)
+    base = PRESETS[preset or preset_for(cfg.data.name)]
     params = CacheParams(base.window if window is None else window, base.theta if theta is None else theta,
                          base.lam if lam is None else lam)
     model.to(resolve_device(device))
-    data_cfg = cfg.data
-    if data is not None:
-        data_cfg = replace(data_cfg, name=data, root=data_root)
-    elif data_root is not None:
-        data_cfg = replace(data_cfg, root=data_root)
-    corpus = load_corpus(data_cfg)
-    if vocab.itos != corpus.vocab.itos:
-        raise CheckpointError(f"{path} has a vocabulary of {len(vocab)} words that differs from the one built from "
-                              f"{corpus.path} ({len(corpus.vocab)} words); use the corpus the run was trained on")
 
     def trace_of(name: str) -> Trace:
         ids = corpus.split(name)

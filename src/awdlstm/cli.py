@@ -7,11 +7,10 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .config import Config, apply_overrides
+from .config import apply_overrides
 from .errors import AWDLSTMError
 
 
@@ -213,14 +212,12 @@ def cmd_presets(args) -> int:
 
 
 def _number_list(text: str | None, kind, flag: str) -> list | None:
+    from .config import parse_value
     from .errors import ConfigError
 
     if text is None:
         return None
-    try:
-        values = [kind(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} expects comma-separated {kind.__name__}s, got {text!r}") from None
+    values = parse_value(text, list[kind], flag)
     if not values:
         raise ConfigError(f"{flag} needs at least one value")
     return values

@@ -133,7 +133,7 @@ class OptimConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
         if self.average_from_epoch is not None and self.average_from_epoch < 0:
-            raise ConfigError(f"optim.average_from_epoch must be >= 0 or none")
+            raise ConfigError(f"optim.average_from_epoch must be >= 0 or none, got {self.average_from_epoch}")
 
 
 @dataclass
@@ -223,7 +223,11 @@ def parse_value(text: str, hint: Any, where: str) -> Any:
         return parse_value(text, inner, where)
     if typing.get_origin(hint) is list:
         (inner,) = args
-        return [parse_value(t.strip(), inner, where) for t in text.split(",") if t.strip()]
+        try:
+            return [parse_value(t.strip(), inner, where) for t in text.split(",") if t.strip()]
+        except ConfigError:
+            raise ConfigError(f"{where} expects comma-separated {inner.__name__}s, "
+                              f"like 1,2,3; got {text!r}") from None
     try:
         if hint is bool:
             low = text.lower()

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shlex
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from .config import Config
 from .data import Corpus, batchify, load_corpus
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .model import AWDLSTM
 from .runtime import Runtime, make_runtime
 from .train import Trainer, describe
 
@@ -180,46 +178,40 @@ def _fit_and_report(trainer: Trainer, out: Path, max_epochs, max_minutes, final_
     return summary
 
 
-def evaluate_checkpoint(path: Path, split: str, *, batch_size: int | None = None, runtime: Runtime | None = None,
-                        device: str | None = None, data: str | None = None, data_root: str | None = None) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    ckpt = load_checkpoint(path)
-    cfg = Config.from_dict(ckpt["config"])
+def load_with_corpus(path: Path | str, *, data: str | None = None, data_root: str | None = None):
+    """A trained model (run directory, checkpoint or export), its config, and the corpus it
+    reads (its own, or ``data``), checked to have the model's vocabulary."""
+    from .api import load_parts
+
+    model, vocab, cfg, info = load_parts(path)
     if data is not None:
         cfg.data = replace(cfg.data, name=data, root=data_root)
     elif data_root is not None:
         cfg.data = replace(cfg.data, root=data_root)
+    corpus = load_corpus(cfg.data)
+    if vocab.itos != corpus.vocab.itos:
+        raise CheckpointError(
+            f"{path} has a vocabulary of {len(vocab)} words that differs from the one built from "
+            f"{corpus.path} ({len(corpus.vocab)} words); use the corpus the run was trained on"
+        )
+    return model, cfg, corpus, info
+
+
+def evaluate_checkpoint(path: Path, split: str, *, batch_size: int | None = None, runtime: Runtime | None = None,
+                        device: str | None = None, data: str | None = None, data_root: str | None = None) -> dict[str, Any]:
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    model, cfg, corpus, info = load_with_corpus(path, data=data, data_root=data_root)
     if runtime is None:
         train_cfg = cfg.train if device is None else replace(cfg.train, device=device)
         runtime = make_runtime(train_cfg)
-    corpus = load_corpus(cfg.data)
-    if ckpt["vocab"] != corpus.vocab.itos:
-        raise CheckpointError(
-            f"{path} has a vocabulary of {len(ckpt['vocab'])} words that differs from the one built from "
-            f"{corpus.path} ({len(corpus.vocab)} words); evaluate on the corpus the run was trained on"
-        )
-    model = load_model(ckpt, path).to(runtime.device)
+    model.to(runtime.device)
     if batch_size is None:
         batch_size = cfg.data.test_batch_size if split == "test" else cfg.data.eval_batch_size
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     source = batchify(corpus.split(split), batch_size, what=split)
     t0 = time.perf_counter()
     res = evaluate(model, source, cfg.data, runtime)
     seconds = time.perf_counter() - t0
     return {"split": split, "tokens": res.tokens, "loss": res.loss, "perplexity": res.perplexity,
-            "bits_per_token": res.bits_per_token, "batch_size": batch_size, "checkpoint": str(path),
-            "seconds": round(seconds, 2)}
-
-
-def load_model(ckpt: dict[str, Any], path: Path) -> AWDLSTM:
-    cfg = Config.from_dict(ckpt["config"])
-    model = AWDLSTM(cfg.model, len(ckpt["vocab"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match its model configuration ({str(err).splitlines()[0][:150]})") from None
-    model.eval()
-    return model
+            "bits_per_token": res.bits_per_token, "batch_size": batch_size,
+            "checkpoint": info.get("checkpoint", info["path"]), "seconds": round(seconds, 2)}

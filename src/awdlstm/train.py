@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .config import Config
 from .data import Corpus, Window, approx_batches, batchify, bptt_windows, epoch_start
 from .errors import CheckpointError, TrainingError
@@ -257,7 +257,6 @@ class Trainer:
     def _loop(self, last_epoch: int, deadline: float | None, max_steps: int | None) -> str:
         p, cfg = self.progress, self.cfg
         n_rows = self.train_data.size(0)
-        tokens_per_row = self.train_data.size(1)
         check_every = cfg.optim.check_every
         if p.finished:
             return "finished"
