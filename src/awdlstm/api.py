@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .config import Config, TrainConfig
-from .data import Vocab
+from .data import Vocab, split_lines
 from .errors import CheckpointError
 from .generate import detokenize, encode_prompt, generate_ids
 from .model import AWDLSTM
@@ -96,9 +96,9 @@ class LanguageModel:
 
     def score(self, lines: Iterable[str] | str, *, batch_size: int = 32) -> ScoreReport:
         """Each line on its own (zero state, <eos> fed first, the line's words then <eos>
-        as targets). A string is split into lines first."""
+        as targets). A string is split into lines first, as a file is read (\n, \r\n, \r)."""
         if isinstance(lines, str):
-            lines = lines.splitlines()
+            lines = split_lines(lines)
         return score_lines(self.model, self.vocab, list(lines), batch_size=batch_size)
 
     def perplexity(self, text: str) -> float:
@@ -107,7 +107,7 @@ class LanguageModel:
         return self.score_text(text).perplexity
 
     def score_text(self, text: str) -> LineScore:
-        return score_stream(self.model, self.vocab, text.splitlines())
+        return score_stream(self.model, self.vocab, split_lines(text))
 
     def generate(self, prompt: str = "", *, words: int = 50, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:

@@ -32,6 +32,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err`` (torch.save reports a failed write as a RuntimeError)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through ``write(fileobj)`` to a temporary file, then rename over ``path``."""
     path = Path(path)
@@ -48,7 +59,9 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink()
         except OSError:
             pass
-        if isinstance(err, OSError):
+        os_err = _os_error(err)
+        if os_err is not None:
+            err = os_err
             kept = "the previous file is intact" if path.exists() else "nothing was written"
             raise CheckpointError(f"could not write {path} ({err.strerror or err}); {kept}; free disk space and resume") from None
         raise

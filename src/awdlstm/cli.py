@@ -151,7 +151,7 @@ def cmd_train(args) -> int:
                         final_eval=not args.no_eval, device=args.device,
                         max_steps=args.max_steps)
     _print_summary(summary)
-    return 0
+    return _exit_status(summary)
 
 
 def cmd_finetune(args) -> int:
@@ -160,7 +160,16 @@ def cmd_finetune(args) -> int:
     summary = finetune_run(args.run, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
                            final_eval=not args.no_eval, device=args.device)
     _print_summary(summary)
-    return 0
+    return _exit_status(summary)
+
+
+def _exit_status(summary: dict) -> int:
+    """0, or 128 + the signal's number when a signal stopped the run (as a shell reports it)."""
+    import signal
+
+    if summary["stopped"] != "interrupted":
+        return 0
+    return 128 + int(getattr(signal, summary.get("signal") or "SIGINT", signal.SIGINT))
 
 
 def _print_summary(summary: dict) -> None:

@@ -19,6 +19,7 @@ output_p   variational dropout on the last LSTM output ``dropout``
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,9 @@ class DataConfig:
     """Keep only the most frequent words (None: all); the rest map to <unk>."""
 
     def validate(self) -> None:
+        _finite(self)
+        if not self.name:
+            raise ConfigError("data.name must be a corpus name (ptb, wikitext-2, ptb-char) or a directory, got ''")
         _positive(self, "batch_size", "eval_batch_size", "test_batch_size", "bptt", "min_seq_len")
         _probability(self, "full_bptt_p", upper_inclusive=True)
         if self.length_std < 0:
@@ -94,6 +98,7 @@ class ModelConfig:
     """Locked dropout on the last LSTM layer's output (dropout)."""
 
     def validate(self) -> None:
+        _finite(self)
         _positive(self, "emb_size", "hidden_size", "num_layers")
         _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p")
 
@@ -126,6 +131,7 @@ class OptimConfig:
     """Divisor applied at each epoch in lr_drops."""
 
     def validate(self) -> None:
+        _finite(self)
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optim.optimizer must be one of sgd, adam; got {self.optimizer!r}")
         _positive(self, "lr", "nonmono", "lr_drop_factor")
@@ -134,6 +140,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
         if self.average_from_epoch is not None and self.average_from_epoch < 0:
             raise ConfigError(f"optim.average_from_epoch must be >= 0 or none, got {self.average_from_epoch}")
+        if any(epoch < 1 for epoch in self.lr_drops):
+            raise ConfigError(f"optim.lr_drops must be epochs >= 1, got {self.lr_drops}")
 
 
 @dataclass
@@ -154,15 +162,27 @@ class TrainConfig:
     """CPU threads for PyTorch (0: one per physical core)."""
     log_every: int = 200
     """Batches between progress-bar refreshes of the running loss."""
+    max_rollbacks: int = 3
+    """Times a NaN or infinite loss or gradient may send the run back to its last checkpoint
+    with the learning rate halved, before it stops."""
 
     def validate(self) -> None:
+        _finite(self)
         _positive(self, "epochs", "finetune_epochs", "log_every")
+        if not 0 <= self.seed < 2**64:  # what torch's generators accept
+            raise ConfigError(f"train.seed must be in [0, 2**64), got {self.seed}")
+        if self.max_rollbacks < 0:
+            raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or none, got {self.max_minutes}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
-        if self.threads < 0:
-            raise ConfigError(f"train.threads must be >= 0, got {self.threads}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"train.threads must be in [0, {MAX_THREADS}] (0: one per physical core), "
+                              f"got {self.threads}")
+
+
+MAX_THREADS = 1024  # far more makes PyTorch's thread pool fail (a million crashed the process)
 
 
 @dataclass
@@ -183,9 +203,13 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":
         cfg = cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a config is a mapping of the sections {', '.join(SECTIONS)}; got {raw!r:.80}")
         for section, values in raw.items():
             if section not in SECTIONS:
                 raise ConfigError(f"unknown config section {section!r}; valid: {', '.join(SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section} must map keys to values; got {values!r:.80}")
             for key, value in values.items():
                 _set_field(getattr(cfg, section), section, key, value)
         return cfg
@@ -258,7 +282,34 @@ def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
     if key not in hints:
         valid = ", ".join(hints)
         raise ConfigError(f"unknown key {section}.{key}; valid keys of {section}: {valid}")
-    setattr(obj, key, value)
+    setattr(obj, key, _typed(value, hints[key], f"{section}.{key}"))
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """A value read from a config file, checked against the field's type (an int is a float)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, where)
+    if typing.get_origin(hint) is list:
+        if isinstance(value, list):
+            return [_typed(v, args[0], where) for v in value]
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if abs(value) <= 1e308:  # float() of a larger int overflows
+            return float(value)
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r:.80}")
+
+
+def _finite(obj: Any) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -1,13 +1,17 @@
 """Corpora, vocabulary, batching and variable-length BPTT (Merity et al. 2018, Sec. 4.1).
 
-Tokens are ``line.split() + ['<eos>']`` for every line, a blank line included. The
-vocabulary comes from the training split, most frequent first. Token ids are cached on
+Tokens are ``line.split() + ['<eos>']`` for every line, a blank line included. Lines end
+where Python's text mode ends them (``\n``, ``\r\n`` or ``\r``, as the original code read its
+files), not at the other breaks ``str.splitlines()`` knows (``\x0b``, ``\x1c``, ``\x85``,
+``\u2028``, ...): those are whitespace inside a line. A UTF-8 byte-order mark is dropped.
+The vocabulary comes from the training split, most frequent first. Token ids are cached on
 disk under a key made of the files' contents, so renaming or moving a corpus keeps its
 cache and editing it invalidates the cache.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import hashlib
 import logging
@@ -15,13 +19,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from .config import DataConfig
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,32 +34,44 @@ UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
 KNOWN_CORPORA = ("ptb", "wikitext-2", "ptb-char")
 # Bump when tokenisation or the cache layout changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a lone \r ends a line; a byte-order mark is dropped
 
 
 # ---------------------------------------------------------------------------- reading
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 file; CRLF and LF give the same lines."""
+    """The lines of a UTF-8 file, as text mode reads them (see the module docstring)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; a corpus directory needs train.txt, valid.txt and test.txt") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
+        # Lines as split_lines counts them: \n, \r\n and a lone \r each end one.
+        head = raw[: err.start]
+        line = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
         raise DataError(
             f"{path}, line {line}: bytes that are not UTF-8 ({raw[err.start:err.start + 4]!r}); "
             "convert the file to UTF-8 (e.g. iconv -t UTF-8)"
         ) from None
+    del raw  # a large file is held twice at most, not three times
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return split_lines(text)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines ended by \n, \r\n or \r, as text mode reads a file; no line after a final break."""
     if "\r" in text:
-        text = text.replace("\r\n", "\n")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
-    if lines and lines[-1] == "":
+    if lines[-1] == "":
         lines.pop()
     return lines
 
@@ -66,6 +82,32 @@ def tokenize(lines: list[str]) -> list[str]:
         out.extend(line.split())
         out.append(EOS)
     return out
+
+
+def split_words(line: str, chunk: int = 1 << 20) -> Iterator[list[str]]:
+    """``line.split()`` in pieces of about ``chunk`` characters, cut at whitespace, so that
+    a line of many megabytes never becomes one list of millions of strings."""
+    start, end = 0, len(line)
+    while end - start > chunk:
+        cut = start + chunk
+        while cut < end and not line[cut].isspace():
+            cut += 1
+        yield line[start:cut].split()
+        start = cut
+    yield line[start:].split()
+
+
+def count_words(lines: Iterable[str]) -> collections.Counter:
+    """Counts of ``tokenize(lines)``, in order of first occurrence."""
+    counts: collections.Counter = collections.Counter()
+    n_lines = 0
+    for line in lines:
+        for words in split_words(line):
+            counts.update(words)
+        n_lines += 1
+    if n_lines:
+        counts[EOS] += n_lines
+    return counts
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -101,7 +143,13 @@ class Vocab:
     def build(cls, tokens: list[str], min_freq: int = 1, max_vocab: int | None = None) -> "Vocab":
         """Specials first (<eos>, then <unk> if the corpus has it or words are cut), then
         the words by descending training count, ties in order of first occurrence."""
-        counts = collections.Counter(tokens)
+        return cls.from_counts(collections.Counter(tokens), min_freq, max_vocab)
+
+    @classmethod
+    def from_counts(cls, counts: collections.Counter, min_freq: int = 1, max_vocab: int | None = None) -> "Vocab":
+        """As ``build``, from the counts of the tokens in order of first occurrence."""
+        if max_vocab is not None and max_vocab < 2:
+            raise ConfigError(f"data.max_vocab must be >= 2 or none, got {max_vocab}")
         # Counter keeps first-occurrence order and sorted() is stable, so ties keep it.
         regular = [w for w in sorted(counts, key=lambda w: -counts[w]) if w not in (EOS, UNK)]
         kept = [w for w in regular if counts[w] >= min_freq]
@@ -113,20 +161,36 @@ class Vocab:
 
     def encode(self, tokens: list[str], *, where: str = "text") -> tuple[Tensor, int]:
         """Ids for tokens, and how many were out of vocabulary (mapped to <unk>)."""
+        ids, n_unk = self._ids(tokens, where)
+        return torch.tensor(ids, dtype=torch.long), n_unk
+
+    def encode_lines(self, lines: list[str], *, where: str = "text") -> tuple[Tensor, int]:
+        """``encode(tokenize(lines))``, a piece of a line at a time: 8 bytes a token, not a
+        string object each; a word outside a vocabulary without <unk> names its line."""
+        out = array.array("q")
+        n_unk = 0
+        for i, line in enumerate(lines):
+            for words in split_words(line):
+                ids, n = self._ids(words, f"{where}, line {i + 1}")
+                out.extend(ids)
+                n_unk += n
+            out.append(self.eos_id)
+        return torch.frombuffer(out, dtype=torch.long) if out else torch.zeros(0, dtype=torch.long), n_unk
+
+    def _ids(self, tokens: list[str], where: str) -> tuple[list[int], int]:
         unk = self.unk_id
         stoi = self.stoi
         if unk is None:
             try:
-                ids = [stoi[t] for t in tokens]
+                return [stoi[t] for t in tokens], 0
             except KeyError as err:
                 raise DataError(
                     f"{where}: word {err.args[0]!r} is not in the vocabulary, which has no {UNK}; "
                     f"train with data.min_freq or data.max_vocab to get an {UNK} token"
                 ) from None
-            return torch.tensor(ids, dtype=torch.long), 0
         ids = [stoi.get(t, unk) for t in tokens]
         n_unk = sum(1 for t in tokens if t not in stoi)
-        return torch.tensor(ids, dtype=torch.long), n_unk
+        return ids, n_unk
 
     def decode(self, ids) -> list[str]:
         return [self.itos[int(i)] for i in ids]
@@ -224,26 +288,39 @@ def load_corpus(cfg: DataConfig, *, use_cache: bool = True) -> Corpus:
 
 
 def _build_corpus(files: dict[str, Path], cfg: DataConfig, path: Path) -> Corpus:
-    tokens = {s: tokenize(read_lines(files[s])) for s in SPLITS}
-    if not any(t != EOS for t in tokens["train"]):
+    lines = {s: read_lines(files[s]) for s in SPLITS}
+    counts = count_words(lines["train"])
+    if not any(t != EOS for t in counts):
         raise DataError(f"{files['train']}: the training split has no words; give a non-empty train.txt")
-    vocab = Vocab.build(tokens["train"], cfg.min_freq, cfg.max_vocab)
+    vocab = Vocab.from_counts(counts, cfg.min_freq, cfg.max_vocab)
     ids, unknown = {}, {}
     for s in SPLITS:
-        ids[s], unknown[s] = vocab.encode(tokens[s], where=str(files[s]))
+        ids[s], unknown[s] = vocab.encode_lines(lines[s], where=str(files[s]))
+        lines[s] = []  # free the text as soon as it is encoded
+        if ids[s].numel() < 2:  # nothing to predict: fail now, not after training
+            what = "empty" if ids[s].numel() == 0 else "a single blank line"
+            raise DataError(f"{files[s]}: {what}; every split needs at least one line of text")
     return Corpus(vocab, ids["train"], ids["valid"], ids["test"], path, unknown)
 
 
 # ---------------------------------------------------------------------------- batching
 
 
+# The config field that sets the batch size batchify is given, by its ``what``.
+_BATCH_FIELD = {"training": "data.batch_size", "validation": "data.eval_batch_size"}
+
+
 def batchify(data: Tensor, batch_size: int, *, what: str = "split") -> Tensor:
     """(N,) -> (N // B, B): B parallel streams, time-major. The remainder is dropped."""
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be >= 1, got {batch_size}")
     n = data.numel() // batch_size
-    if n < 2:
+    if n < 2:  # each stream needs an input and a target
+        field = _BATCH_FIELD.get(what)
+        fix = f"lower {field} (--set {field}=N)" if field else "use a smaller batch size (--batch-size)"
         raise DataError(
-            f"the {what} split has {data.numel()} tokens, too few for batch size {batch_size}; "
-            "use a smaller batch size or more text"
+            f"the {what} split has {data.numel()} tokens, too few for batch size {batch_size} "
+            f"(each stream needs 2 tokens or more); {fix} or use more text"
         )
     return data[: n * batch_size].view(batch_size, n).t().contiguous()
 
@@ -277,6 +354,8 @@ def bptt_windows(
     otherwise every window is ``bptt`` long (evaluation). The lr scale uses the length
     actually used, so the last, truncated window of an epoch is weighted by its length.
     """
+    if cfg.bptt < 1 or cfg.min_seq_len < 1:  # a window of 0 tokens would never end the epoch
+        raise ConfigError(f"data.bptt and data.min_seq_len must be > 0, got {cfg.bptt} and {cfg.min_seq_len}")
     i = start
     last = source.size(0) - 1
     while i < last:

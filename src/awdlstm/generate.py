@@ -23,7 +23,8 @@ from .model import AWDLSTM
 log = logging.getLogger(__name__)
 
 
-def check_sampling(words: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling(words: int, temperature: float, top_k: int | None, top_p: float | None,
+                   seed: int | None = None) -> None:
     if words < 1:
         raise ConfigError(f"--words must be >= 1, got {words}")
     if not temperature > 0:
@@ -32,6 +33,8 @@ def check_sampling(words: int, temperature: float, top_k: int | None, top_p: flo
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    if seed is not None and not 0 <= seed < 2**64:  # what torch's generators accept
+        raise ConfigError(f"--seed must be in [0, 2**64), got {seed}")
 
 
 def encode_prompt(vocab: Vocab, prompt: str) -> Tensor:
@@ -65,7 +68,7 @@ def sample_next(logits: Tensor, gen: torch.Generator, temperature: float = 1.0,
 def generate_ids(model: AWDLSTM, prompt_ids: Tensor, words: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> list[int]:
     """``words`` ids that continue ``prompt_ids`` (1-D, starting with <eos>)."""
-    check_sampling(words, temperature, top_k, top_p)
+    check_sampling(words, temperature, top_k, top_p, seed)
     if seed is None:
         seed = secrets.randbits(63)
         log.info("generating with --seed %d", seed)

@@ -82,8 +82,10 @@ def _check_run_dir(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "last.pt").is_file():
             raise CheckpointError(f"{out}: no last.pt to resume from; start a run with --out {out} (without --resume)")
-    elif (out / "last.pt").exists() or (out / "config.json").exists():
+    elif any((out / name).exists() for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json")):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    elif (out / "config.json").exists():
+        log.warning("%s has a config.json but no checkpoint (a run stopped before its first save); starting over", out)
 
 
 def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs: int | None = None,
@@ -164,6 +166,7 @@ def _fit_and_report(trainer: Trainer, out: Path, max_epochs, max_minutes, final_
     summary: dict[str, Any] = {"stopped": reason, "epoch": p.epoch - (0 if p.in_epoch else 1), "step": p.step,
                                "seconds": round(time.perf_counter() - t0, 1)}
     if reason == "interrupted":
+        summary["signal"] = trainer._signal
         log.warning("stopped by %s after step %d; checkpoint saved. Resume with: %s", trainer._signal, p.step, resume_cmd)
         return summary
     trainer.final_check()

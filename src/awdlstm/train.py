@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import Corpus, Window, approx_batches, batchify, bptt_windows, epoch_start
 from .errors import CheckpointError, TrainingError
@@ -55,10 +55,16 @@ class Progress:
     train_seconds: float = 0.0
     """Seconds spent in training steps since the last check."""
     finished: bool = False
+    rollbacks: int = 0
+    """Times a non-finite loss or gradient sent the run back to its last checkpoint."""
 
 
-class Stop(Exception):
-    """Raised inside the loop to stop at a batch boundary."""
+class NonFinite(Exception):
+    """A NaN or infinite loss or gradient norm; the loop rolls back to the last checkpoint."""
+
+    def __init__(self, what: str, step: int) -> None:
+        super().__init__(f"{what} is not finite at step {step}")
+        self.what, self.step = what, step
 
 
 class Trainer:
@@ -79,6 +85,11 @@ class Trainer:
         self.progress = Progress(lr=cfg.optim.lr)
         self.state: State | None = None
         self._signal: str | None = None
+        # First step whose loss or gradient norm was not finite (-1: none). It stays on the
+        # device, so on a GPU it is read only at log intervals and before saving.
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=runtime.device)
+        self._bad_what = torch.zeros((), dtype=torch.long, device=runtime.device)
+        self._sync_each_step = runtime.device.type == "cpu"
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -93,6 +104,7 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        self.raise_if_nonfinite()
         if not self.rt.is_main:
             return
         payload = self._payload(self.model.state_dict(), "last")
@@ -125,16 +137,50 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
             raise CheckpointError(f"the checkpoint does not fit this model configuration ({str(err).splitlines()[0]})") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.ntasgd.load_state_dict(ckpt["ntasgd"])
-        self.rt.scaler.load_state_dict(ckpt["scaler"])
-        self.progress = Progress(**ckpt["progress"])
-        self.rt.set_rng_state(ckpt["rng"])
-        self.sampler.set_state(ckpt["rng"]["sampler"])
-        hidden = ckpt.get("hidden")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.ntasgd.load_state_dict(ckpt["ntasgd"])
+            self.rt.scaler.load_state_dict(ckpt["scaler"])
+            self.progress = Progress(**ckpt["progress"])
+            self.rt.set_rng_state(ckpt["rng"])
+            self.sampler.set_state(ckpt["rng"]["sampler"])
+            hidden = ckpt.get("hidden")
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"the checkpoint's training state does not match this awdlstm ({type(err).__name__}: {err}); "
+                "resume it with the awdlstm release that wrote it"
+            ) from None
+        self.state = None
         if hidden is not None:
             it = iter(t.to(self.rt.device) for t in hidden)
             self.state = list(zip(it, it))
+        self._bad_step.fill_(-1)
+        self._trim_metrics(self.progress.step)
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint (by a process killed before it
+        saved again, or a torn last line), so a resumed run's log reads like a straight one."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.rt.is_main or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(line)
+        if len(kept) != len(lines):
+            log.info("metrics.jsonl: dropped %d line(s) written after the checkpoint of step %d",
+                     len(lines) - len(kept), step)
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+    def _log_event(self, record: dict[str, Any]) -> None:
+        if self.rt.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ one step
 
@@ -156,9 +202,19 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.rt.scaler.scale(loss).backward()
+        norm = None
         if cfg.optim.clip > 0:
             self.rt.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+        elif not self.rt.scaler.is_enabled():
+            norm = torch.nn.utils.get_total_norm([q.grad for q in model.parameters() if q.grad is not None])
+        # With fp16 the gradient scaler owns overflowing gradients (it skips the step and
+        # lowers the scale); otherwise a non-finite norm is an error like a non-finite loss.
+        loss_ok = torch.isfinite(loss)
+        ok = loss_ok if norm is None or self.rt.scaler.is_enabled() else loss_ok & torch.isfinite(norm)
+        first = (self._bad_step < 0) & ~ok
+        self._bad_step = torch.where(first, self.progress.step + 1, self._bad_step)
+        self._bad_what = torch.where(first, torch.where(loss_ok, 1, 0), self._bad_what)
         for group in self.optimizer.param_groups:
             group["lr"] = self.progress.lr * win.lr_scale
         self.rt.scaler.step(self.optimizer)
@@ -171,13 +227,11 @@ class Trainer:
     def check(self) -> bool:
         """Validate, feed NT-ASGD, save; True when fine-tuning has converged."""
         p = self.progress
+        self.raise_if_nonfinite()
         t0 = time.perf_counter()
         res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
         if not math.isfinite(res.loss):
-            raise TrainingError(
-                f"validation loss is {res.loss} at step {p.step}; the checkpoints hold the last good "
-                f"weights; start a new run with a lower learning rate, e.g. --set optim.lr={p.lr / 2:g}"
-            )
+            raise NonFinite("the validation loss", p.step)
         stop = False
         if self.finetune:
             stop = self.ntasgd.should_stop(res.loss)
@@ -222,6 +276,9 @@ class Trainer:
         if p.loss_tokens == 0:
             return
         res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
+        if not math.isfinite(res.loss):
+            log.warning("the weights at the stop give a non-finite validation loss; best.pt is kept")
+            return
         log.info("weights at the stop: valid ppl %.2f", res.perplexity)
         if self.rt.is_main:
             record = {"epoch": p.epoch, "step": p.step, "train_loss": round(p.loss_sum / p.loss_tokens, 6),
@@ -255,17 +312,34 @@ class Trainer:
             self._restore_signals(old)
 
     def _loop(self, last_epoch: int, deadline: float | None, max_steps: int | None) -> str:
+        p = self.progress
+        if p.finished:
+            return "finished"
+        if not (self.run_dir / "last.pt").exists():
+            self.save_last()  # the point to roll back to before the first check
+        while self.progress.epoch <= last_epoch:
+            try:
+                reason = self._epoch(deadline, max_steps)
+            except NonFinite as err:
+                self._roll_back(err)
+                continue
+            if reason is not None:
+                return reason
+        if self.progress.epoch > (self.cfg.train.finetune_epochs if self.finetune else self.cfg.train.epochs):
+            return self._finish("finished")
+        return "max epochs"
+
+    def _epoch(self, deadline: float | None, max_steps: int | None) -> str | None:
+        """Train to the end of the current epoch; a stop reason, or None to go on."""
         p, cfg = self.progress, self.cfg
         n_rows = self.train_data.size(0)
         check_every = cfg.optim.check_every
-        if p.finished:
-            return "finished"
-        while p.epoch <= last_epoch:
-            if not p.in_epoch:
-                p.position = epoch_start(cfg.data, self.sampler)
-                p.in_epoch = True
-                self.state = None
-            bar = self._progress_bar(p)
+        if not p.in_epoch:
+            p.position = epoch_start(cfg.data, self.sampler)
+            p.in_epoch = True
+            self.state = None
+        bar = self._progress_bar(p)
+        try:
             loss_acc = torch.zeros((), device=self.rt.device)
             acc_tokens = 0
             batches = 0
@@ -273,6 +347,8 @@ class Trainer:
             self._interval_start, self._interval_batches = t_last, 0
             for win in bptt_windows(self.train_data, cfg.data, self.sampler, start=p.position):
                 ce = self.train_step(win)
+                if self._sync_each_step:  # free on the CPU: catch trouble at its step
+                    self.raise_if_nonfinite()
                 n = win.targets.numel()
                 loss_acc += ce * n
                 acc_tokens += n
@@ -285,7 +361,9 @@ class Trainer:
                 t_last = now
                 if bar is not None:
                     bar.update(1)
-                if batches % cfg.train.log_every == 0 or check_every and p.step % check_every == 0:
+                # Flush on global step numbers, so a resumed run sums its losses in the
+                # same groups as an uninterrupted one (and reports identical numbers).
+                if p.step % cfg.train.log_every == 0 or check_every and p.step % check_every == 0:
                     self._flush_loss(loss_acc, acc_tokens, bar, now, batches)
                     loss_acc.zero_()
                     acc_tokens = 0
@@ -294,37 +372,64 @@ class Trainer:
                     stop = self.check()
                     t_last = self._interval_start = time.perf_counter()
                     if stop:
-                        return self._finish("converged", bar)
+                        return self._finish("converged")
                     self.save_last()
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 out_of_steps = max_steps is not None and p.step >= max_steps
                 if self._signal or out_of_time or out_of_steps:
                     self._flush_loss(loss_acc, acc_tokens, None, now, batches)
                     self.save_last()
-                    if bar is not None:
-                        bar.close()
                     return "interrupted" if self._signal else "time limit" if out_of_time else "max steps"
             self._flush_loss(loss_acc, acc_tokens, None, time.perf_counter(), batches)
+        finally:
             if bar is not None:
                 bar.close()
-            p.in_epoch = False
-            stop = False
-            if not check_every:
-                stop = self.check()
-            if p.epoch in cfg.optim.lr_drops:
-                p.lr /= cfg.optim.lr_drop_factor
-                log.info("lr divided by %g after epoch %d: now %g", cfg.optim.lr_drop_factor, p.epoch, p.lr)
-            p.epoch += 1
-            if stop:
-                return self._finish("converged", None)
-            self.save_last()
-        if p.epoch > (self.cfg.train.finetune_epochs if self.finetune else self.cfg.train.epochs):
-            return self._finish("finished", None)
-        return "max epochs"
+        p.in_epoch = False
+        stop = False
+        if not check_every:
+            stop = self.check()
+        if p.epoch in cfg.optim.lr_drops:
+            p.lr /= cfg.optim.lr_drop_factor
+            log.info("lr divided by %g after epoch %d: now %g", cfg.optim.lr_drop_factor, p.epoch, p.lr)
+        p.epoch += 1
+        if stop:
+            return self._finish("converged")
+        self.save_last()
+        return None
 
-    def _finish(self, reason: str, bar) -> str:
-        if bar is not None:
-            bar.close()
+    # ------------------------------------------------------------------ numerical trouble
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise NonFinite if a step since the last rollback had a NaN or infinite loss or
+        gradient norm (one host sync)."""
+        step = int(self._bad_step.item())
+        if step >= 0:
+            raise NonFinite("the training loss" if int(self._bad_what.item()) == 0 else "the gradient norm", step)
+
+    def _roll_back(self, err: NonFinite) -> None:
+        """Reload last.pt and halve its learning rate; stop after train.max_rollbacks."""
+        limit = self.cfg.train.max_rollbacks
+        failed_lr = self.progress.lr
+        count = self.progress.rollbacks + 1
+        self.resume(load_checkpoint(self.run_dir / "last.pt"))
+        p = self.progress
+        event = {"event": "nonfinite", "what": err.what, "at_step": err.step, "step": p.step,
+                 "epoch": p.epoch, "rollbacks": count}
+        if count > limit:
+            self._log_event({**event, "action": "stopped"})
+            raise TrainingError(
+                f"{err.what} is not finite at step {err.step}, again after {limit} rollback(s) halving the "
+                f"learning rate (last tried {failed_lr:g}); last.pt holds the good weights of step {p.step}. "
+                "Start a new run with a lower optim.lr or a smaller optim.clip, or allow more with train.max_rollbacks"
+            )
+        p.lr = min(p.lr, failed_lr) / 2
+        p.rollbacks = count
+        self._log_event({**event, "action": "rolled back", "lr": p.lr})
+        log.warning("%s is not finite at step %d: rolled back to step %d, learning rate halved to %g (%d of %d)",
+                    err.what, err.step, p.step, p.lr, count, limit)
+        self.save_last()
+
+    def _finish(self, reason: str) -> str:
         self.progress.finished = True
         self.progress.in_epoch = False
         self.save_last()
@@ -334,12 +439,8 @@ class Trainer:
         """Move the running loss to the host (one sync per log interval, not per step)."""
         if acc_tokens == 0:
             return
+        self.raise_if_nonfinite()
         total = loss_acc.item()
-        if not math.isfinite(total):
-            raise TrainingError(
-                f"training loss is {total} at step {self.progress.step}; the checkpoints hold the last good "
-                f"weights; start a new run with a lower learning rate, e.g. --set optim.lr={self.progress.lr / 2:g}"
-            )
         p = self.progress
         p.loss_sum += total
         p.loss_tokens += acc_tokens
