@@ -62,18 +62,33 @@ class DataConfig:
         _finite(self)
         if not self.name:
             raise ConfigError("data.name must be a corpus name (ptb, wikitext-2, ptb-char) or a directory, got ''")
-        _positive(self, "batch_size", "eval_batch_size", "test_batch_size", "bptt", "min_seq_len")
+        _positive(self, "batch_size", "eval_batch_size", "test_batch_size")
+        self.validate_windows()
+        _positive(self, "min_freq")
+        if self.max_vocab is not None and self.max_vocab < 2:
+            raise ConfigError(f"data.max_vocab must be >= 2 or none, got {self.max_vocab}")
+
+    def validate_windows(self) -> None:
+        """The fields of the BPTT windows; bptt_windows and epoch_start check them too, as a
+        DataConfig made in code is not validated (a window of 0 tokens never ends an epoch)."""
+        _positive(self, "bptt", "min_seq_len")
         _probability(self, "full_bptt_p", upper_inclusive=True)
-        if self.length_std < 0:
-            raise ConfigError(f"data.length_std must be >= 0, got {self.length_std}")
+        if not 0 <= self.length_std <= MAX_SEQ_LEN:
+            raise ConfigError(f"data.length_std must be in [0, 2**40], got {self.length_std}")
         if self.max_seq_len is not None and self.max_seq_len < self.min_seq_len:
             raise ConfigError(
                 f"data.max_seq_len must be >= data.min_seq_len ({self.min_seq_len}), "
                 f"got {self.max_seq_len}"
             )
-        _positive(self, "min_freq")
-        if self.max_vocab is not None and self.max_vocab < 2:
-            raise ConfigError(f"data.max_vocab must be >= 2 or none, got {self.max_vocab}")
+        for name in ("bptt", "min_seq_len", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_SEQ_LEN:
+                raise ConfigError(f"data.{name} must be at most 2**40 tokens, got {value}")
+
+
+MAX_SEQ_LEN = 2**40
+"""Bound on window lengths (and their spread), far above any corpus: torch draws a length as a
+float32 (1e39 is infinite) and an epoch's random start as an int64 (2**63 overflows)."""
 
 
 @dataclass
@@ -232,7 +247,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         hint = _field_types(type(obj)).get(name)
         if hint is None:
             valid = ", ".join(f.name for f in dataclasses.fields(obj))
-            raise ConfigError(f"unknown key {section}.{name}; valid keys of {section}: {valid}")
+            raise ConfigError(f"unknown key {_key(section, name)}; valid keys of {section}: {valid}")
         setattr(obj, name, parse_value(text.strip(), hint, f"{section}.{name}"))
     return cfg
 
@@ -277,11 +292,18 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _key(section: str, name: Any) -> str:
+    """section.name for a message, quoted if a line break or other unprintable character in
+    it would break the one-line message."""
+    key = f"{section}.{name}"
+    return key if key.isprintable() else repr(key)
+
+
 def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
     hints = _field_types(type(obj))
     if key not in hints:
         valid = ", ".join(hints)
-        raise ConfigError(f"unknown key {section}.{key}; valid keys of {section}: {valid}")
+        raise ConfigError(f"unknown key {_key(section, key)}; valid keys of {section}: {valid}")
     setattr(obj, key, _typed(value, hints[key], f"{section}.{key}"))
 
 

@@ -354,8 +354,7 @@ def bptt_windows(
     otherwise every window is ``bptt`` long (evaluation). The lr scale uses the length
     actually used, so the last, truncated window of an epoch is weighted by its length.
     """
-    if cfg.bptt < 1 or cfg.min_seq_len < 1:  # a window of 0 tokens would never end the epoch
-        raise ConfigError(f"data.bptt and data.min_seq_len must be > 0, got {cfg.bptt} and {cfg.min_seq_len}")
+    cfg.validate_windows()  # a window of 0 tokens would never end the epoch
     i = start
     last = source.size(0) - 1
     while i < last:
@@ -370,6 +369,7 @@ def bptt_windows(
 
 def epoch_start(cfg: DataConfig, gen: torch.Generator) -> int:
     """Where an epoch starts: 0, or a random offset in [0, bptt) with random_start."""
+    cfg.validate_windows()
     if not cfg.random_start:
         return 0
     return int(torch.randint(cfg.bptt, (), generator=gen).item())
