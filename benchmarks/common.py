@@ -88,13 +88,14 @@ class Interval:
         return d
 
 
-def contention(intervals: list[Interval], threads: int, device: str) -> dict:
+def contention(intervals: list[Interval], threads: int, device: str, *, own_use: bool = True) -> dict:
     """Summarise the CPU we got over a contender's timed rounds and flag contention.
 
     On the CPU a process that keeps ``threads`` threads busy gets about ``threads``
     CPU-seconds per wall-second; much less means other processes (or the hypervisor) took
     the cores, and the timing is not the machine's speed. On CUDA the host mostly waits,
-    so only other processes' use is looked at.
+    so only other processes' use is looked at; likewise with ``own_use=False``, for work
+    that is partly single-threaded by nature.
     """
     wall = sum(i.wall for i in intervals)
     cpu = sum(i.cpu for i in intervals)
@@ -104,7 +105,7 @@ def contention(intervals: list[Interval], threads: int, device: str) -> dict:
     others_cores = sum(others) / wall if others and wall > 0 else None
     steal_cores = sum(steal) / wall if steal and wall > 0 else None
     reasons = []
-    if device == "cpu" and ratio < CONTENDED_FRACTION * threads:
+    if own_use and device == "cpu" and ratio < CONTENDED_FRACTION * threads:
         reasons.append(f"cpu_per_wall {ratio:.2f} < {CONTENDED_FRACTION} x {threads} threads")
     if others_cores is not None and others_cores > OTHERS_CORES_LIMIT:
         reasons.append(f"other processes used {others_cores:.2f} cores")

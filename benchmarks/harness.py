@@ -19,7 +19,7 @@ import torch
 from awdlstm.config import Config
 from awdlstm.data import batchify
 from awdlstm.presets import get_preset
-from awdlstm.runtime import Runtime
+from awdlstm.runtime import Runtime, keep_freed_memory
 
 from .common import (
     Interval,
@@ -65,6 +65,10 @@ class Setup:
         self.device = torch.device(args.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as awdlstm.runtime.make_runtime
+        # As training does on the CPU, unless --system-malloc; it applies to every contender.
+        self.malloc = "system"
+        if self.device.type == "cpu" and not args.system_malloc and keep_freed_memory():
+            self.malloc = "freed memory kept (awdlstm.runtime.keep_freed_memory)"
         self.threads = args.threads or default_threads()
         torch.set_num_threads(self.threads)
         self.cfg = bench_config(get_preset(args.preset), args.batch_size, args.bptt, args.eval_batch_size,
@@ -325,4 +329,6 @@ def probe_argv(args: argparse.Namespace) -> list[str]:
                         ("--bptt", args.bptt), ("--data", args.data)):
         if value is not None:
             argv += [flag, str(value)]
+    if args.system_malloc:
+        argv.append("--system-malloc")
     return argv

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-reps", type=int, default=5, help="timed products for the matmul peak (default 5)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory probes (a short child process per contender)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (training keeps freed memory; this shows what that gains)")
     p.add_argument("--no-fastai", dest="fastai", action="store_false", help="leave fastai out even if importable")
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON result (default benchmarks/results)")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = setup.cfg
     print(f"awdlstm benchmark: preset {args.preset}, {dev.type}, {args.precision}, batch {cfg.data.batch_size} "
           f"(eval {cfg.data.eval_batch_size}) x bptt {cfg.data.bptt}, vocab {setup.vocab} ({setup.data_source}), "
-          f"{setup.threads} threads; contenders: {', '.join(names)}", flush=True)
+          f"{setup.threads} threads, malloc: {setup.malloc}; contenders: {', '.join(names)}", flush=True)
     for note in setup.notes:
         print(f"  note: {note}")
 
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "preset": args.preset, "device": dev.type, "precision": args.precision,
             "batch_size": cfg.data.batch_size, "eval_batch_size": cfg.data.eval_batch_size,
             "bptt": cfg.data.bptt, "fixed_window_length": True, "vocab_size": setup.vocab,
-            "data": setup.data_source, "threads": setup.threads, "steps": args.steps,
+            "data": setup.data_source, "threads": setup.threads, "malloc": setup.malloc, "steps": args.steps,
             "eval_steps": args.eval_steps, "warmup": args.warmup, "rounds": args.rounds,
             "contenders": {c.name: c.label for c in setup.contenders},
             "tokens_per_train_step": setup.tokens("train"), "tokens_per_eval_step": setup.tokens("eval"),

@@ -12,7 +12,10 @@ from awdlstm.regularize import (
     drop_connect,
     embed_with_dropout,
     embedding_dropout,
+    flat_layout,
+    lane_probability,
     locked_dropout,
+    one_chunk,
     temporal_activation_reg,
 )
 
@@ -176,3 +179,99 @@ def test_embed_with_dropout_equals_masking_the_matrix():
     g2, = torch.autograd.grad(ref.sum(), w)
     assert torch.allclose(g1, g2)
     assert torch.equal(embed_with_dropout(tokens, w, 0.4, training=False), F.embedding(tokens, w))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.65, 0.1, 0.01])
+def test_cpu_masks_keep_each_weight_with_probability_1_minus_p(p):
+    """Each of the four 16-bit lanes of a 64-bit draw is its own Bernoulli trial."""
+    torch.manual_seed(0)
+    w = torch.ones(1000, 1000)
+    d = drop_connect(w, p, training=True)
+    q = lane_probability(p)
+    assert abs(q - p) <= 2 ** -17
+    values = d.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - q))
+    kept = (d != 0).float().view(-1, 4)  # columns: the lane's place in its 64-bit word
+    sigma = (p * (1 - p) / kept.size(0)) ** 0.5
+    for frac in kept.mean(0).tolist():
+        assert abs(frac - (1 - p)) < 5 * sigma
+    # neighbouring lanes are independent: P(both kept) = (1 - p)^2
+    both = (kept[:, 0] * kept[:, 1]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * sigma
+    assert d.mean().item() == pytest.approx(1.0, abs=0.01)  # the expectation is unchanged
+
+
+def test_lane_probability_is_exact_on_multiples_of_2_to_the_minus_16():
+    assert lane_probability(0.5) == 0.5 and lane_probability(0.25) == 0.25 and lane_probability(0.0) == 0.0
+    assert lane_probability(0.999999) < 1.0  # never drops everything (a scale of infinity)
+
+
+def test_weight_drop_trains_the_stock_parameters_without_swapping_them():
+    """Nothing is reassigned, so nn.LSTM never re-flattens (copies) its weights for the
+    next call, as it must when functional_call or setattr swap them."""
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(4, 6, weight_p=0.5).train()
+    params = [getattr(layer, n) for n in layer._flat_weights_names]
+    layer(torch.randn(5, 2, 4))[0].sum().backward()
+    assert not layer._weights_have_changed()
+    assert all(a is b for a, b in zip(layer._flat_weights, params))
+    assert all(p.grad is not None for p in params)
+
+
+def _flatten_with_gaps(layer: nn.LSTM, gap: int = 3) -> list[int]:
+    """Make the layer's parameters views of one buffer, a gap before each, as cuDNN's
+    flatten_parameters arranges them on a GPU (possibly with padding)."""
+    names = layer._flat_weights_names
+    sizes = [getattr(layer, n).numel() for n in names]
+    offsets, end = [], 0
+    for n in sizes:
+        offsets.append(end + gap)
+        end += gap + n
+    buf = torch.zeros(end + gap)
+    for name, off in zip(names, offsets):
+        old = getattr(layer, name)
+        view = buf[off:off + old.numel()].view_as(old)
+        view.copy_(old.detach())
+        setattr(layer, name, nn.Parameter(view))
+    return offsets
+
+
+def test_flattened_weights_reach_the_kernel_as_one_chunk_with_the_same_results():
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(4, 6, weight_p=0.5).train()
+    flat = copy.deepcopy(layer)
+    offsets = _flatten_with_gaps(flat)
+    assert flat_layout(flat._flat_weights) == (offsets, offsets[-1] + flat.bias_hh_l0.numel() + 3)
+    assert flat_layout(layer._flat_weights) is None  # separate tensors: passed as they are
+    seen = []
+    real_lstm = torch.lstm
+    torch.lstm = lambda *a: seen.append(a[2]) or real_lstm(*a)
+    try:
+        x, h0 = torch.randn(7, 3, 4), (torch.randn(1, 3, 6), torch.randn(1, 3, 6))
+        torch.manual_seed(9)
+        out, (h, c) = layer(x, h0)
+        torch.manual_seed(9)
+        out_f, (h_f, c_f) = flat(x, h0)
+    finally:
+        torch.lstm = real_lstm
+    weights = seen[1]
+    base = weights[0].untyped_storage().data_ptr()
+    assert all(w.untyped_storage().data_ptr() == base for w in weights)
+    assert [w.storage_offset() for w in weights] == offsets
+    assert torch.allclose(out, out_f) and torch.allclose(h, h_f) and torch.allclose(c, c_f)
+    (out.sum() + c.sum()).backward()
+    (out_f.sum() + c_f.sum()).backward()
+    for name in layer._flat_weights_names:
+        assert torch.allclose(getattr(layer, name).grad, getattr(flat, name).grad, atol=1e-6), name
+
+
+def test_one_chunk_fills_gaps_and_differentiates():
+    a = torch.randn(2, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    va, vb = one_chunk([a, b], [8, 1], 16)
+    assert va.untyped_storage().data_ptr() == vb.untyped_storage().data_ptr()
+    flat = torch.empty(0).set_(va.untyped_storage())
+    assert flat.numel() == 16 and torch.equal(flat[1:5], b) and torch.equal(flat[8:14], a.flatten())
+    assert flat[[0, 5, 6, 7, 14, 15]].eq(0).all()
+    (va.sum() * 2 + vb.sum()).backward()
+    assert torch.equal(a.grad, torch.full_like(a, 2.0)) and torch.equal(b.grad, torch.ones_like(b))
