@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, load_weights
 from .config import Config, TrainConfig
 from .data import Vocab, split_lines
 from .errors import CheckpointError
@@ -36,11 +36,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def build_model(cfg: Config, vocab_size: int, state: dict[str, Any], where: str) -> AWDLSTM:
     model = AWDLSTM(cfg.model, vocab_size)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{where}: weights do not match its model configuration "
-                              f"({str(err).splitlines()[0][:150]})") from None
+    load_weights(model, state, where)
     return model.eval()
 
 
@@ -61,8 +57,8 @@ def load_parts(path: Path | str) -> tuple[AWDLSTM, Vocab, Config, dict[str, Any]
     else:
         ckpt_path, kind, run_dir = path, "checkpoint", path.parent
     ckpt = load_checkpoint(ckpt_path)
+    cfg = checkpoint_config(ckpt, ckpt_path)
     try:
-        cfg = Config.from_dict(ckpt["config"])
         vocab = Vocab(ckpt["vocab"])
         state = ckpt["model"]
     except (KeyError, TypeError) as err:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_checkpoint, write_json
+from .checkpoint import checkpoint_config, load_checkpoint, load_weights, write_json
 from .config import Config
 from .data import Corpus, batchify, load_corpus
 from .errors import CheckpointError, ConfigError
@@ -98,7 +98,7 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
         ckpt = load_checkpoint(out / "last.pt")
         if ckpt.get("finetune"):
             raise CheckpointError(f"{out} is a fine-tuning run; continue it with: awdlstm finetune {out.parent} --resume")
-        cfg = Config.from_dict(ckpt["config"])
+        cfg = checkpoint_config(ckpt, out / "last.pt")
     assert cfg is not None
     if device is not None:
         cfg.train = replace(cfg.train, device=device)
@@ -107,7 +107,7 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
     corpus = load_corpus(cfg.data)
     trainer = Trainer(cfg, corpus, runtime, out)
     if ckpt is not None:
-        trainer.resume(ckpt)
+        trainer.resume(ckpt, str(out / "last.pt"))
         log.info("resuming %s at epoch %d, step %d", out, trainer.progress.epoch, trainer.progress.step)
     elif runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -125,8 +125,9 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
     run = Path(run)
     out = run / "finetune"
     _check_run_dir(out, resume)
-    src = load_checkpoint(out / "last.pt" if resume else run / "best.pt")
-    cfg = Config.from_dict(src["config"])
+    src_path = out / "last.pt" if resume else run / "best.pt"
+    src = load_checkpoint(src_path)
+    cfg = checkpoint_config(src, src_path)
     if device is not None:
         cfg.train = replace(cfg.train, device=device)
     cfg.validate()
@@ -136,11 +137,11 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
     corpus = load_corpus(cfg.data)
     trainer = Trainer(cfg, corpus, runtime, out, finetune=True)
     if resume:
-        trainer.resume(src)
+        trainer.resume(src, str(src_path))
     else:
         if src["vocab"] != corpus.vocab.itos:
             raise CheckpointError(f"{run}/best.pt was trained on another vocabulary than {corpus.path}")
-        trainer.model.load_state_dict(src["model"])
+        load_weights(trainer.model, src.get("model"), str(src_path))
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
         trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))

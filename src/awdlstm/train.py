@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint, load_weights, save_checkpoint
 from .config import Config
 from .data import Corpus, Window, approx_batches, batchify, bptt_windows, epoch_start
 from .errors import CheckpointError, TrainingError
@@ -125,7 +125,7 @@ class Trainer:
         payload["val_loss"] = val_loss
         save_checkpoint(payload, self.run_dir / "best.pt")
 
-    def resume(self, ckpt: dict[str, Any]) -> None:
+    def resume(self, ckpt: dict[str, Any], where: str = "the checkpoint") -> None:
         if ckpt.get("kind") != "last":
             raise CheckpointError("resume needs a last.pt checkpoint")
         if ckpt["vocab"] != self.corpus.vocab.itos:
@@ -133,10 +133,7 @@ class Trainer:
                 f"the run's vocabulary ({len(ckpt['vocab'])} words) differs from the corpus "
                 f"{self.corpus.path} ({len(self.corpus.vocab)} words); resume with the data it was trained on"
             )
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"the checkpoint does not fit this model configuration ({str(err).splitlines()[0]})") from None
+        load_weights(self.model, ckpt.get("model"), where)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.ntasgd.load_state_dict(ckpt["ntasgd"])
@@ -411,7 +408,7 @@ class Trainer:
         limit = self.cfg.train.max_rollbacks
         failed_lr = self.progress.lr
         count = self.progress.rollbacks + 1
-        self.resume(load_checkpoint(self.run_dir / "last.pt"))
+        self.resume(load_checkpoint(self.run_dir / "last.pt"), str(self.run_dir / "last.pt"))
         p = self.progress
         event = {"event": "nonfinite", "what": err.what, "at_step": err.step, "step": p.step,
                  "epoch": p.epoch, "rollbacks": count}
