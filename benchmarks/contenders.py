@@ -115,6 +115,8 @@ class Ours(Contender):
     def __init__(self, name: str, cfg: Config, corpus: Corpus, runtime: Runtime,
                  batches: Batches | None = None, compile: bool = False, onednn: bool = True) -> None:
         run_dir = Path(tempfile.gettempdir()) / "awdlstm-bench-unused"  # train_step writes nothing
+        if compile:  # as `awdlstm train --compile` does it
+            cfg = replace(cfg, train=replace(cfg.train, compile=True))
         self.trainer = Trainer(cfg, corpus, runtime, run_dir)
         if batches is None:
             batches = make_batches(self.trainer.train_data, corpus.valid, cfg.data.eval_batch_size, cfg.data.bptt)
@@ -124,11 +126,8 @@ class Ours(Contender):
         self.onednn = onednn
         self.label = ("awdlstm AWDLSTM via Trainer.train_step" + (" (torch.compile)" if compile else "")
                       + ("" if onednn else " (oneDNN off: torch.backends.mkldnn.flags(enabled=False))"))
-        if compile:
-            self.trainer.model = torch.compile(self.trainer.model)
         self.model = self.trainer.model
-        m = self.trainer.model
-        sizes = list(getattr(m, "_orig_mod", m).layer_sizes)
+        sizes = list(self.trainer.model.layer_sizes)
         self.hidden_sizes = sizes
         self.input_sizes = [cfg.model.emb_size] + sizes[:-1]
         self.decoder_in = sizes[-1]
@@ -147,7 +146,7 @@ class Ours(Contender):
     @torch.no_grad()
     def _eval_step(self, i: int) -> None:
         # The body of awdlstm.evaluate.evaluate's loop.
-        model = self.trainer.ntasgd.eval_model() if not self.compiled else self.trainer.model
+        model = self.trainer.ntasgd.eval_model() if not self.compiled else self.trainer.step_model
         model.eval()
         inputs, targets = self._eval_window(i)
         if self.eval_state is None:

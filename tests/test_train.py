@@ -81,3 +81,23 @@ def test_ntasgd_switches_and_finetune_runs(tmp_path, small_ptb):
     assert rows and all(r["phase"] == "asgd" for r in rows)
     best = torch.load(run / "finetune" / "best.pt", weights_only=True)
     assert best["val_loss"] <= torch.load(run / "best.pt", weights_only=True)["val_loss"]
+
+
+@pytest.mark.slow
+def test_compile_trains_the_step_and_saves_the_plain_model(tmp_path, small_ptb, monkeypatch):
+    """--compile wraps only what the step calls; checkpoints keep the plain state-dict keys.
+    (Dynamo's eager backend: the integration is tested, not Inductor's code generation.)"""
+    compiled = []
+    real = torch.compile
+
+    def eager_compile(model, **kwargs):
+        compiled.append(model)
+        return real(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    run = train(tmp_path, "run", small_ptb, "--compile", "--max-steps", "6", "--set", "optim.check_every=3")
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "AWDLSTM"
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
+    keys = list(torch.load(run / "last.pt", weights_only=True)["model"])
+    assert keys and not any("_orig_mod" in k for k in keys)
+    assert all(math.isfinite(r["val_loss"]) for r in metrics(run))

@@ -40,9 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config field, e.g. --set model.weight_p=0.3 (repeatable)")
     p.add_argument("--seed", type=int, help="same as --set train.seed=N")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="mixed precision on CUDA (same as --set train.precision=...; the CPU runs fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (same as --set train.compile=true)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     _add_data_args(p)
     _add_limits(p)
+
+    p = sub.add_parser("sweep", help="several trainings at once on one device: seeds, a grid or the paper's ablations")
+    p.add_argument("--preset", default="ptb", help="starting configuration of every run")
+    p.add_argument("--out", type=Path, required=True, help="folder for the runs (one run directory each)")
+    p.add_argument("--seeds", help="comma-separated seeds: one run per seed (and per grid point or ablation)")
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.FIELD=V1,V2",
+                   help="one run per value, all combinations over repeated --grid")
+    p.add_argument("--ablations", action="store_true",
+                   help="the paper's ablations: the full model and each with one technique removed")
+    p.add_argument("--jobs", type=int, help="runs at a time on the device (default: all of them)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override for every run (repeatable)")
+    p.add_argument("--max-epochs", type=int, help="stop each run after this epoch (run the sweep again to go on)")
+    p.add_argument("--max-minutes", type=float, help="stop each run after this many minutes")
+    p.add_argument("--max-steps", type=int, help="stop each run after this many steps")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (all runs share it)")
+    p.add_argument("--no-eval", action="store_true", help="skip each run's final valid/test evaluation")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their overrides, start nothing")
+    _add_data_args(p)
 
     p = sub.add_parser("finetune", help="the paper's fine-tuning stage: averaged SGD from the best weights")
     p.add_argument("run", type=Path, help="run directory trained by `awdlstm train`")
@@ -135,14 +157,18 @@ def cmd_train(args) -> int:
             overrides.append(f"data.root={args.data_root}")
         if args.seed is not None:
             overrides.append(f"train.seed={args.seed}")
+        if args.precision:
+            overrides.append(f"train.precision={args.precision}")
+        if args.compile:
+            overrides.append("train.compile=true")
         cfg = apply_overrides(cfg, overrides).validate()
         if args.dry_run:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-    elif args.overrides or args.data or args.seed is not None:
+    elif args.overrides or args.data or args.seed is not None or args.precision or args.compile:
         from .errors import ConfigError
 
-        raise ConfigError("--resume continues with the run's saved config; drop --set/--data/--seed (only --max-epochs, --max-minutes, --device apply)")
+        raise ConfigError("--resume continues with the run's saved config; drop --set/--data/--seed/--precision/--compile (only --max-epochs, --max-minutes, --device apply)")
     if args.out is None:
         from .errors import ConfigError
 
@@ -152,6 +178,52 @@ def cmd_train(args) -> int:
                         max_steps=args.max_steps)
     _print_summary(summary)
     return _exit_status(summary)
+
+
+def cmd_sweep(args) -> int:
+    from .config import parse_value
+    from .sweep import plan, run_sweep
+
+    common = list(args.overrides)
+    if args.data:
+        common.append(f"data.name={args.data}")
+    if args.data_root:
+        common.append(f"data.root={args.data_root}")
+    seeds = parse_value(args.seeds, list[int], "--seeds") if args.seeds else None
+    jobs = plan(args.preset, common, seeds=seeds, grid=args.grid, ablations=args.ablations)
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.name:<28} {' '.join(job.overrides) or '(the preset as it is)'}")
+        return 0
+    limits = [a for flag, v in (("--max-epochs", args.max_epochs), ("--max-minutes", args.max_minutes),
+                                ("--max-steps", args.max_steps)) if v is not None for a in (flag, str(v))]
+    if args.no_eval:
+        limits.append("--no-eval")
+    summary = run_sweep(args.out, args.preset, jobs, common, parallel=args.jobs or len(jobs), device=args.device,
+                        limits=limits)
+    rows = summary["runs"]
+
+    def num(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    print(f"{'run':<28} {'status':<22} {'epoch':>5} {'best val':>9} {'valid':>8} {'test':>8}")
+    for r in rows:
+        print(f"{r['name']:<28} {r['status'][:22]:<22} {num(r.get('epoch'), '{}'):>5} {num(r.get('best_val_ppl')):>9} "
+              f"{num(r.get('valid_ppl')):>8} {num(r.get('test_ppl')):>8}")
+    print(f"summary: {args.out / 'summary.json'}")
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if failed:
+        from .errors import TrainingError
+
+        raise TrainingError(f"{len(failed)} of {len(rows)} runs failed ({', '.join(r['name'] for r in failed)}); "
+                            "see their train.log")
+    if summary["interrupted"]:
+        import signal
+
+        print(f"stopped by {summary['interrupted']}; every run saved. Run the same command again to continue.",
+              file=sys.stderr)
+        return 128 + int(getattr(signal, summary["interrupted"]))
+    return 0
 
 
 def cmd_finetune(args) -> int:
@@ -310,7 +382,7 @@ def cmd_export(args) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "data": cmd_data,
             "presets": cmd_presets, "cache": cmd_cache, "generate": cmd_generate, "score": cmd_score,
-            "export": cmd_export}
+            "export": cmd_export, "sweep": cmd_sweep}
 
 if __name__ == "__main__":
     sys.exit(main())

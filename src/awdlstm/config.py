@@ -172,7 +172,11 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "fp32"
-    """fp32, bf16 or fp16 (mixed precision on CUDA)."""
+    """fp32, bf16 or fp16: autocast on CUDA, with a gradient scaler for fp16; AR/TAR and the
+    loss stay fp32. The CPU runs fp32 only (no bf16 LSTM kernel on AVX2, see benchmarks)."""
+    compile: bool = False
+    """torch.compile the model for the training step (off: on the CPU the LSTMs and the
+    random masks break the graph and the compiled step was slower, benchmarks/README.md)."""
     threads: int = 0
     """CPU threads for PyTorch (0: one per physical core)."""
     log_every: int = 200

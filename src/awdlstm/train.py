@@ -76,6 +76,8 @@ class Trainer:
         self.finetune = finetune
         torch.manual_seed(cfg.train.seed)
         self.model = AWDLSTM(cfg.model, len(corpus.vocab)).to(runtime.device)
+        # What the training step calls; checkpoints and the average hold the plain model.
+        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.ntasgd = NTASGD(self.model, cfg.optim)
         # The training split lives on the device once; windows are views of it.
@@ -187,7 +189,7 @@ class Trainer:
         if self.state is None:
             self.state = model.init_state(self.train_data.size(1))
         with self.rt.autocast():
-            out = model(win.inputs, self.state)
+            out = self.step_model(win.inputs, self.state)
         self.state = detach_state(out.state)
         vocab = out.logits.size(-1)
         # The loss, AR and TAR are computed in fp32 whatever the autocast precision.
