@@ -6,7 +6,6 @@ ConfigError) of one line; never another exception, a wrong count or a loop witho
 Every test is derandomized, so a run in CI sees the same examples as a run here."""
 
 import collections
-import dataclasses
 import io
 import itertools
 import json
@@ -35,6 +34,8 @@ from awdlstm.data import (
     tokenize,
 )
 from awdlstm.errors import AWDLSTMError, ConfigError, DataError
+
+from test_hardening import fields
 
 SPLITS = ("train", "valid", "test")
 
@@ -266,12 +267,6 @@ def test_vocab_order_round_trip_and_unknown_words(data, others, min_freq, max_vo
 # ---------------------------------------------------------------------------- config parser
 
 
-def fields():
-    for section in SECTIONS:
-        cls = type(getattr(Config(), section))
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            yield section, f.name, hints[f.name]
 
 
 HINTS = {(s, n): h for s, n, h in fields()}
