@@ -19,6 +19,7 @@ import torch
 from awdlstm.config import Config
 from awdlstm.data import batchify
 from awdlstm.presets import get_preset
+from awdlstm.errors import cause_of
 from awdlstm.runtime import Runtime, keep_freed_memory
 
 from .common import (
@@ -151,17 +152,6 @@ class _Timeout(Exception):
     pass
 
 
-def _is_timeout(err: BaseException | None) -> bool:
-    """The alarm's exception, possibly wrapped by torch.compile's own error types."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, _Timeout):
-            return True
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
-
-
 def _run_step(c: Contender, phase: str, i: int, device: torch.device) -> float:
     t0 = time.perf_counter()
     (c.train_step if phase == "train" else c.eval_step)(i)
@@ -198,7 +188,7 @@ def warm_up(setup: Setup, phase: str, compile_timeout: float) -> tuple[list[Cont
             info[c.name] = {"first_step_s": round(first, 3)}
             active.append(c)
         except Exception as err:
-            if not _is_timeout(err):
+            if cause_of(err, _Timeout) is None:
                 if not may_fail:
                     raise
                 text = str(err).strip()

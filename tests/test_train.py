@@ -101,3 +101,18 @@ def test_compile_trains_the_step_and_saves_the_plain_model(tmp_path, small_ptb, 
     keys = list(torch.load(run / "last.pt", weights_only=True)["model"])
     assert keys and not any("_orig_mod" in k for k in keys)
     assert all(math.isfinite(r["val_loss"]) for r in metrics(run))
+
+
+@pytest.mark.slow
+def test_only_training_changes_the_processes_malloc(tmp_path, small_ptb):
+    """keep_freed_memory is process-wide: training sets it on the CPU, the API does not."""
+    import subprocess
+    import sys
+
+    run = train(tmp_path, "run", small_ptb, "--max-steps", "2")
+    probe = ("import sys, awdlstm.runtime as rt; from awdlstm import LanguageModel; from awdlstm.runs import train_run;"
+             "LanguageModel.load(sys.argv[1]); print(rt._kept);"
+             "train_run(None, sys.argv[1], resume=True, max_steps=3, final_eval=False); print(rt._kept)")
+    out = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]

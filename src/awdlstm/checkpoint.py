@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, cause_of
 
 FORMAT = "awdlstm-checkpoint"
 VERSION = 1
@@ -32,17 +32,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error(err: BaseException | None) -> OSError | None:
-    """The OSError behind ``err`` (torch.save reports a failed write as a RuntimeError)."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, OSError):
-            return err
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return None
-
-
 def atomic_write(path: Path, write) -> None:
     """Write through ``write(fileobj)`` to a temporary file, then rename over ``path``."""
     path = Path(path)
@@ -59,7 +48,7 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink()
         except OSError:
             pass
-        os_err = _os_error(err)
+        os_err = cause_of(err, OSError)
         if os_err is not None:
             err = os_err
             kept = "the previous file is intact" if path.exists() else "nothing was written"

@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _data_overrides(args) -> list[str]:
+    """--data and --data-root as --set overrides."""
+    return ([f"data.name={args.data}"] if args.data else []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+
+
 def cmd_train(args) -> int:
     from .presets import get_preset
     from .runs import train_run
@@ -150,11 +155,7 @@ def cmd_train(args) -> int:
     cfg = None
     if not args.resume or args.dry_run:
         cfg = get_preset(args.preset)
-        overrides = list(args.overrides)
-        if args.data:
-            overrides.append(f"data.name={args.data}")
-        if args.data_root:
-            overrides.append(f"data.root={args.data_root}")
+        overrides = list(args.overrides) + _data_overrides(args)
         if args.seed is not None:
             overrides.append(f"train.seed={args.seed}")
         if args.precision:
@@ -184,11 +185,7 @@ def cmd_sweep(args) -> int:
     from .config import parse_value
     from .sweep import plan, run_sweep
 
-    common = list(args.overrides)
-    if args.data:
-        common.append(f"data.name={args.data}")
-    if args.data_root:
-        common.append(f"data.root={args.data_root}")
+    common = list(args.overrides) + _data_overrides(args)
     seeds = parse_value(args.seeds, list[int], "--seeds") if args.seeds else None
     jobs = plan(args.preset, common, seeds=seeds, grid=args.grid, ablations=args.ablations)
     if args.dry_run:

@@ -25,7 +25,7 @@ from .config import Config
 from .data import Corpus, batchify, load_corpus
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .runtime import Runtime, make_runtime
+from .runtime import Runtime, keep_freed_memory, make_runtime
 from .train import Trainer, describe
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
     if device is not None:
         cfg.train = replace(cfg.train, device=device)
     cfg.validate()
-    runtime = make_runtime(cfg.train)
+    runtime = _training_runtime(cfg)
     corpus = load_corpus(cfg.data)
     trainer = Trainer(cfg, corpus, runtime, out)
     if ckpt is not None:
@@ -133,7 +133,7 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
     cfg.validate()
     if cfg.optim.optimizer != "sgd":
         raise ConfigError("fine-tuning is averaged SGD; this run used optim.optimizer=adam")
-    runtime = make_runtime(cfg.train)
+    runtime = _training_runtime(cfg)
     corpus = load_corpus(cfg.data)
     trainer = Trainer(cfg, corpus, runtime, out, finetune=True)
     if resume:
@@ -150,6 +150,13 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
     with RunLock(out):
         return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
                                f"awdlstm finetune {shlex.quote(str(run))} --resume")
+
+
+def _training_runtime(cfg: Config) -> Runtime:
+    runtime = make_runtime(cfg.train)
+    if runtime.device.type == "cpu":
+        keep_freed_memory()  # steps reuse the last step's memory instead of faulting in new pages
+    return runtime
 
 
 def _log_start(cfg: Config, corpus: Corpus, trainer: Trainer, runtime: Runtime) -> None:

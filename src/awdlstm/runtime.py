@@ -73,8 +73,6 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
         raise ConfigError(f"train.precision={precision} is for CUDA; use fp32 on the CPU")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    else:
-        keep_freed_memory()
     threads = cfg.threads or _default_threads()
     torch.set_num_threads(threads)
     rank = int(os.environ.get("RANK", "0"))
@@ -95,7 +93,8 @@ def keep_freed_memory() -> bool:
     faults (~400 MB of zeroed pages) in each training step of the PTB model. With no mmap
     and no trimming, a step reuses the memory of the last one: 10-20% less time per step
     here (benchmarks/README.md), the resident size staying at the peak it reaches anyway.
-    Linux with glibc only; ``AWDLSTM_MALLOC=system`` leaves malloc as it is. Returns True
+    Training calls it on the CPU (it changes malloc for the whole process, so the library's
+    other entry points, such as ``LanguageModel.load``, leave it alone). Linux with glibc only; ``AWDLSTM_MALLOC=system`` leaves malloc as it is. Returns True
     when the setting is in effect.
     """
     global _kept
