@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from awdlstm.regularize import WeightDropLSTM
+from awdlstm.layers import WeightDropLSTM
 
 from .common import Interval, Snapshot, contention, hardware, summarize_times, thread_env, versions
 

@@ -65,7 +65,7 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     import sys
 
     from awdlstm.errors import ConfigError
-    from awdlstm.runs import RunLock
+    from awdlstm.rundir import RunLock
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -8,7 +8,7 @@ import torch
 
 from awdlstm.config import ModelConfig
 from awdlstm.model import AWDLSTM
-from awdlstm.regularize import WeightDropLSTM, flat_layout
+from awdlstm.layers import WeightDropLSTM, flat_layout
 from awdlstm.runtime import Runtime
 
 pytestmark = pytest.mark.gpu

@@ -6,16 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from awdlstm.layers import WeightDropLSTM, flat_layout, one_chunk
 from awdlstm.regularize import (
-    WeightDropLSTM,
     activation_reg,
     drop_connect,
     embed_with_dropout,
     embedding_dropout,
-    flat_layout,
     lane_probability,
     locked_dropout,
-    one_chunk,
     temporal_activation_reg,
 )
 

@@ -12,62 +12,19 @@ state (optimiser, averaging, generators) is read, and the training code is not i
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 
-from .checkpoint import checkpoint_config, load_checkpoint, load_weights
-from .config import Config, TrainConfig
+from .config import Config
 from .data import Vocab, split_lines
 from .errors import CheckpointError
 from .generate import detokenize, encode_prompt, generate_ids
+from .loading import load_parts
 from .model import AWDLSTM
+from .runtime import pick_device
 from .score import LineScore, ScoreReport, score_lines, score_stream
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """auto (CUDA when there is one), cpu, cuda or cuda:N; the same rules as training."""
-    from .runtime import make_runtime
-
-    return make_runtime(replace(TrainConfig(), device=name or "auto")).device
-
-
-def build_model(cfg: Config, vocab_size: int, state: dict[str, Any], where: str) -> AWDLSTM:
-    model = AWDLSTM(cfg.model, vocab_size)
-    load_weights(model, state, where)
-    return model.eval()
-
-
-def load_parts(path: Path | str) -> tuple[AWDLSTM, Vocab, Config, dict[str, Any]]:
-    """Model (on the CPU, eval mode), vocabulary, config and plain facts about the source
-    (``kind``: run, checkpoint or export; ``checkpoint``; ``run_dir``; ``progress``)."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        from .export import load_export
-
-        model, vocab, cfg = load_export(path)
-        return model, vocab, cfg, {"kind": "export", "path": str(path)}
-    if path.is_dir():
-        if not (path / "best.pt").is_file():
-            raise CheckpointError(f"{path}: no best.pt (a run directory) or model.safetensors (an export) there; "
-                                  f"train first: awdlstm train ... --out {path}")
-        ckpt_path, kind, run_dir = path / "best.pt", "run", path
-    else:
-        ckpt_path, kind, run_dir = path, "checkpoint", path.parent
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = checkpoint_config(ckpt, ckpt_path)
-    try:
-        vocab = Vocab(ckpt["vocab"])
-        state = ckpt["model"]
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{ckpt_path}: checkpoint lacks {err}; "
-                              "use a best.pt or last.pt written by awdlstm") from None
-    model = build_model(cfg, len(vocab), state, str(ckpt_path))
-    info = {"kind": kind, "path": str(path), "checkpoint": str(ckpt_path), "run_dir": str(run_dir),
-            "progress": ckpt.get("progress"), "val_loss": ckpt.get("val_loss")}
-    return model, vocab, cfg, info
 
 
 class LanguageModel:
@@ -84,7 +41,7 @@ class LanguageModel:
     def load(cls, path: Path | str, *, device: str | None = "cpu") -> "LanguageModel":
         """A run directory (its best.pt), a checkpoint file, or an export directory."""
         model, vocab, cfg, _ = load_parts(path)
-        return cls(model.to(resolve_device(device)), vocab, cfg)
+        return cls(model.to(pick_device(device)), vocab, cfg)
 
     @property
     def device(self) -> torch.device:

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError, DataError
+from .loading import load_with_corpus
 from .model import AWDLSTM
+from .runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,6 @@ def evaluate_cache(path: Path | str, split: str, *, window: int | None = None, t
     """Perplexity of ``split`` with and without the cache. Values not given come from
     ``preset`` (default: ``wt2`` for WikiText-2, else ``ptb``). With ``search``, theta and
     lambda (and the window, if the grid has windows) are chosen on the validation split."""
-    from .api import resolve_device
-
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown cache preset {preset!r}; valid: {', '.join(PRESETS)}")
     # Check what was given before the (slow) loading; placeholders stand for the rest.
@@ -232,13 +232,11 @@ def evaluate_cache(path: Path | str, split: str, *, window: int | None = None, t
         search.validate(1 if window is None else window)
     if limit is not None and limit < 2:
         raise ConfigError(f"--limit must be >= 2 tokens, got {limit}")
-    from .runs import load_with_corpus
-
     model, cfg, corpus, _ = load_with_corpus(path, data=data, data_root=data_root)
     base = PRESETS[preset or preset_for(cfg.data.name)]
     params = CacheParams(base.window if window is None else window, base.theta if theta is None else theta,
                          base.lam if lam is None else lam)
-    model.to(resolve_device(device))
+    model.to(pick_device(device))
 
     def trace_of(name: str) -> Trace:
         ids = corpus.split(name)

@@ -6,12 +6,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
-from .config import apply_overrides
-from .errors import AWDLSTMError
+from .api import LanguageModel
+from .cache import SearchGrid, evaluate_cache
+from .config import DataConfig, apply_overrides, parse_value
+from .data import load_corpus, read_lines
+from .errors import AWDLSTMError, ConfigError, DataError, TrainingError
+from .export import export_run
+from .generate import check_sampling
+from .presets import PRESETS, get_preset
+from .runs import check_limits, evaluate_checkpoint, finetune_run, train_run
+from .score import score_lines
+from .sweep import plan, run_sweep
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model into a run directory")
-    p.add_argument("--preset", default="ptb", help="starting configuration (see `awdlstm presets`)")
+    p.add_argument("--preset", help="starting configuration (default: ptb; see `awdlstm presets`)")
     p.add_argument("--out", type=Path, help="run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config field, e.g. --set model.weight_p=0.3 (repeatable)")
@@ -149,12 +159,10 @@ def _data_overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from .presets import get_preset
-    from .runs import train_run
-
+    check_limits(args.max_epochs, args.max_minutes, args.max_steps)
     cfg = None
     if not args.resume or args.dry_run:
-        cfg = get_preset(args.preset)
+        cfg = get_preset(args.preset or "ptb")
         overrides = list(args.overrides) + _data_overrides(args)
         if args.seed is not None:
             overrides.append(f"train.seed={args.seed}")
@@ -167,24 +175,19 @@ def cmd_train(args) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
     elif args.overrides or args.data or args.seed is not None or args.precision or args.compile:
-        from .errors import ConfigError
-
-        raise ConfigError("--resume continues with the run's saved config; drop --set/--data/--seed/--precision/--compile (only --max-epochs, --max-minutes, --device apply)")
+        raise ConfigError("--resume continues with the run's saved config; drop --set/--data/--seed/--precision/"
+                          "--compile (only --max-epochs, --max-minutes, --max-steps, --device apply)")
     if args.out is None:
-        from .errors import ConfigError
-
         raise ConfigError("train needs --out RUN_DIR")
     summary = train_run(cfg, args.out, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
-                        final_eval=not args.no_eval, device=args.device,
-                        max_steps=args.max_steps)
+                        final_eval=not args.no_eval, device=args.device, max_steps=args.max_steps,
+                        preset=args.preset if args.resume else None)
     _print_summary(summary)
     return _exit_status(summary)
 
 
 def cmd_sweep(args) -> int:
-    from .config import parse_value
-    from .sweep import plan, run_sweep
-
+    check_limits(args.max_epochs, args.max_minutes, args.max_steps)
     common = list(args.overrides) + _data_overrides(args)
     seeds = parse_value(args.seeds, list[int], "--seeds") if args.seeds else None
     jobs = plan(args.preset, common, seeds=seeds, grid=args.grid, ablations=args.ablations)
@@ -210,13 +213,9 @@ def cmd_sweep(args) -> int:
     print(f"summary: {args.out / 'summary.json'}")
     failed = [r for r in rows if r["status"].startswith("failed")]
     if failed:
-        from .errors import TrainingError
-
         raise TrainingError(f"{len(failed)} of {len(rows)} runs failed ({', '.join(r['name'] for r in failed)}); "
                             "see their train.log")
     if summary["interrupted"]:
-        import signal
-
         print(f"stopped by {summary['interrupted']}; every run saved. Run the same command again to continue.",
               file=sys.stderr)
         return 128 + int(getattr(signal, summary["interrupted"]))
@@ -224,8 +223,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .runs import finetune_run
-
+    check_limits(args.max_epochs, args.max_minutes, args.max_steps)
     summary = finetune_run(args.run, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
                            final_eval=not args.no_eval, device=args.device)
     _print_summary(summary)
@@ -234,8 +232,6 @@ def cmd_finetune(args) -> int:
 
 def _exit_status(summary: dict) -> int:
     """0, or 128 + the signal's number when a signal stopped the run (as a shell reports it)."""
-    import signal
-
     if summary["stopped"] != "interrupted":
         return 0
     return 128 + int(getattr(signal, summary.get("signal") or "SIGINT", signal.SIGINT))
@@ -251,8 +247,6 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .runs import evaluate_checkpoint
-
     res = evaluate_checkpoint(args.run, args.split, batch_size=args.batch_size, device=args.device,
                               data=args.data, data_root=args.data_root)
     if args.json:
@@ -264,9 +258,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .config import DataConfig
-    from .data import load_corpus
-
     cfg = DataConfig(name=args.name, root=args.data_root, min_freq=args.min_freq, max_vocab=args.max_vocab)
     cfg.validate()
     corpus = load_corpus(cfg)
@@ -281,8 +272,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .presets import PRESETS
-
     for name, fn in PRESETS.items():
         doc = (fn.__doc__ or "").strip().splitlines()[0]
         print(f"{name:14s} {doc}")
@@ -290,9 +279,6 @@ def cmd_presets(args) -> int:
 
 
 def _number_list(text: str | None, kind, flag: str) -> list | None:
-    from .config import parse_value
-    from .errors import ConfigError
-
     if text is None:
         return None
     values = parse_value(text, list[kind], flag)
@@ -302,8 +288,6 @@ def _number_list(text: str | None, kind, flag: str) -> list | None:
 
 
 def cmd_cache(args) -> int:
-    from .cache import SearchGrid, evaluate_cache
-
     search = None
     if args.search:
         search = SearchGrid()
@@ -311,8 +295,6 @@ def cmd_cache(args) -> int:
         search.lambdas = _number_list(args.lambdas, float, "--lambdas") or search.lambdas
         search.windows = _number_list(args.windows, int, "--windows")
     elif args.thetas or args.lambdas or args.windows:
-        from .errors import ConfigError
-
         raise ConfigError("--thetas, --lambdas and --windows are grids for --search; add --search")
     res = evaluate_cache(args.run, args.split, window=args.window, theta=args.theta, lam=args.lam,
                          preset=args.preset, search=search, device=args.device, data=args.data,
@@ -331,9 +313,6 @@ def cmd_cache(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .api import LanguageModel
-    from .generate import check_sampling
-
     check_sampling(args.words, args.temperature, args.top_k, args.top_p)  # before the slow load
     lm = LanguageModel.load(args.run, device=args.device)
     text = lm.generate(args.prompt, words=args.words, temperature=args.temperature, top_k=args.top_k,
@@ -345,11 +324,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .api import LanguageModel
-    from .data import read_lines
-    from .errors import ConfigError, DataError
-    from .score import score_lines
-
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.file.exists():
@@ -370,8 +344,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
-
     out = export_run(args.run, args.out_dir)
     print(f"exported {args.run} to {out}: model.safetensors, config.json, vocab.txt, README.md")
     return 0

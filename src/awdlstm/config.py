@@ -111,11 +111,24 @@ class ModelConfig:
     """DropConnect on the hidden-to-hidden matrices (wdrop)."""
     output_p: float = 0.4
     """Locked dropout on the last LSTM layer's output (dropout)."""
+    rnn: str = "lstm"
+    """The recurrent layer, by name: lstm (the weight-dropped LSTM) or qrnn (the original
+    code's --model QRNN; weight_p is then DropConnect on its input-to-gates matrix)."""
+    qrnn_window: int = 2
+    """QRNN: how many inputs the first layer sees at each step (x_{t-1}, x_t); later layers see 1."""
+    zoneout_p: float = 0.0
+    """QRNN: zoneout on the forget gates (each set to 0, keeping the cell, with this probability)."""
 
     def validate(self) -> None:
+        from .layers import RNN_LAYERS  # the registry imports this module
+
         _finite(self)
         _positive(self, "emb_size", "hidden_size", "num_layers")
-        _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p")
+        _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p", "zoneout_p")
+        if self.rnn not in RNN_LAYERS:
+            raise ConfigError(f"model.rnn must be one of {', '.join(RNN_LAYERS)}; got {self.rnn!r}")
+        if self.qrnn_window < 1:
+            raise ConfigError(f"model.qrnn_window must be >= 1, got {self.qrnn_window}")
 
 
 @dataclass
@@ -252,44 +265,60 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if hint is None:
             valid = ", ".join(f.name for f in dataclasses.fields(obj))
             raise ConfigError(f"unknown key {_key(section, name)}; valid keys of {section}: {valid}")
-        setattr(obj, name, parse_value(text.strip(), hint, f"{section}.{name}"))
+        setattr(obj, name, coerce(text.strip(), hint, f"{section}.{name}", text=True))
     return cfg
 
 
 def parse_value(text: str, hint: Any, where: str) -> Any:
     """Parse a command-line string to the type ``hint`` (int, float, bool, str, X | None, list[int])."""
+    return coerce(text, hint, where, text=True)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def coerce(value: Any, hint: Any, where: str, *, text: bool) -> Any:
+    """The value of a field of type ``hint``: with ``text``, ``value`` is command-line text to
+    parse (``none``, ``true``/``off``, ``300,400``); without, a value read from a config file
+    (JSON), whose type must already fit (an int is accepted for a float). A ConfigError that
+    names ``where`` otherwise."""
     args = typing.get_args(hint)
     if type(None) in args:
-        if text.lower() in ("none", "null", ""):
+        if value is None or (text and value.lower() in ("none", "null", "")):
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return parse_value(text, inner, where)
+        return coerce(value, inner, where, text=text)
     if typing.get_origin(hint) is list:
         (inner,) = args
-        try:
-            return [parse_value(t.strip(), inner, where) for t in text.split(",") if t.strip()]
-        except ConfigError:
-            raise ConfigError(f"{where} expects comma-separated {inner.__name__}s, "
-                              f"like 1,2,3; got {text!r}") from None
-    try:
-        if hint is bool:
-            low = text.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return float(text)
-        if hint is str:
-            return text
-    except ValueError:
-        pass
-    else:
+        if text:
+            try:
+                return [coerce(t.strip(), inner, where, text=True) for t in value.split(",") if t.strip()]
+            except ConfigError:
+                raise ConfigError(f"{where} expects comma-separated {inner.__name__}s, "
+                                  f"like 1,2,3; got {value!r}") from None
+        if isinstance(value, list):
+            return [coerce(v, inner, where, text=False) for v in value]
+    elif hint not in (bool, int, float, str):
         raise ConfigError(f"{where}: unsupported type {hint}")
-    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {text!r}")
+    elif text:
+        low = value.lower()
+        if hint is str:
+            return value
+        if hint is bool and low in _TRUE + _FALSE:
+            return low in _TRUE
+        try:
+            if hint is int:
+                return int(value)
+            if hint is float:
+                return float(value)
+        except ValueError:
+            pass
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if abs(value) <= 1e308:  # float() of a larger int overflows
+            return float(value)
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r:.80}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -308,26 +337,7 @@ def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
     if key not in hints:
         valid = ", ".join(hints)
         raise ConfigError(f"unknown key {_key(section, key)}; valid keys of {section}: {valid}")
-    setattr(obj, key, _typed(value, hints[key], f"{section}.{key}"))
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """A value read from a config file, checked against the field's type (an int is a float)."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _typed(value, inner, where)
-    if typing.get_origin(hint) is list:
-        if isinstance(value, list):
-            return [_typed(v, args[0], where) for v in value]
-    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if abs(value) <= 1e308:  # float() of a larger int overflows
-            return float(value)
-    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r:.80}")
+    setattr(obj, key, coerce(value, hints[key], f"{section}.{key}", text=False))
 
 
 def _finite(obj: Any) -> None:

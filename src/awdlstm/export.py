@@ -21,28 +21,17 @@ from typing import Any
 
 from . import __version__
 from .config import SECTIONS, Config
-from .data import Vocab, read_lines
-from .errors import CheckpointError, ConfigError, DataError
+from .data import Vocab
+from .errors import ConfigError
+from .loading import EXPORT_FORMAT, EXPORT_VERSION, TIED_KEY, load_parts, safetensors_module
 from .model import AWDLSTM, count_parameters
-
-FORMAT = "awdlstm-export"
-VERSION = "1"
-TIED_KEY = "decoder.weight"  # with tie_weights, the same tensor as encoder.weight
-
-
-def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise CheckpointError("export needs the safetensors package: pip install 'awdlstm[export]'") from None
-    return safetensors.torch
+from .presets import PRESETS
+from .rundir import RunDir
 
 
 def export_run(src: Path | str, out_dir: Path | str) -> Path:
     """Write the export of ``src`` (a run directory or a checkpoint) to a new ``out_dir``."""
-    from .api import load_parts
-
-    st = _safetensors()
+    st = safetensors_module()
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ConfigError(f"{out_dir} already exists; choose a new OUT_DIR (export never overwrites)")
@@ -56,11 +45,11 @@ def export_run(src: Path | str, out_dir: Path | str) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
     try:
         st.save_file(state, str(tmp / "model.safetensors"),
-                     metadata={"format": FORMAT, "version": VERSION, "awdlstm": __version__})
+                     metadata={"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "awdlstm": __version__})
         (tmp / "model.safetensors").chmod(0o644)  # safetensors writes it private
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
         (tmp / "vocab.txt").write_text("".join(w + "\n" for w in vocab.itos), encoding="utf-8")
-        metrics = _run_metrics(Path(info["run_dir"])) if info.get("run_dir") else {}
+        metrics = RunDir(info["run_dir"]).best_metrics() if info.get("run_dir") else {}
         (tmp / "README.md").write_text(model_card(cfg, vocab, model, metrics, info), encoding="utf-8")
         os.rename(tmp, out_dir)
     except BaseException:
@@ -69,51 +58,7 @@ def export_run(src: Path | str, out_dir: Path | str) -> Path:
     return out_dir
 
 
-def load_export(path: Path | str) -> tuple[AWDLSTM, Vocab, Config]:
-    from .api import build_model
-
-    st = _safetensors()
-    path = Path(path)
-    for name in ("model.safetensors", "config.json", "vocab.txt"):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: {name} missing; not a complete awdlstm export")
-    try:
-        cfg = Config.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path / 'config.json'}: not a valid config ({err})") from None
-    try:
-        vocab = Vocab(read_lines(path / "vocab.txt"))
-    except DataError as err:
-        raise CheckpointError(str(err)) from None
-    try:
-        state = st.load_file(str(path / "model.safetensors"), device="cpu")
-    except Exception as err:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path / 'model.safetensors'}: damaged ({str(err)[:120]})") from None
-    if cfg.model.tie_weights and TIED_KEY not in state and "encoder.weight" in state:
-        state[TIED_KEY] = state["encoder.weight"]
-    model = build_model(cfg, len(vocab), state, str(path))
-    return model, vocab, cfg
-
-
 # ---------------------------------------------------------------------------- model card
-
-
-def _run_metrics(run_dir: Path) -> dict[str, Any]:
-    """Perplexities from RUN/results.json, else the best validation check in metrics.jsonl."""
-    try:
-        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        found = {s: results[s] for s in ("valid", "test") if isinstance(results.get(s), dict)}
-        return found | {"source": "results.json", "stopped": results.get("stopped")}
-    except (OSError, ValueError):
-        pass
-    try:
-        text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
-        rows = [json.loads(line) for line in text.splitlines() if line]
-        best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
-        return {"valid": {"loss": best["val_loss"], "perplexity": math.exp(best["val_loss"]),
-                          "step": best.get("step")}, "source": "metrics.jsonl"}
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 def _format_value(value: Any) -> str:
@@ -129,8 +74,6 @@ def _format_value(value: Any) -> str:
 def train_command(cfg: Config) -> str:
     """The shortest ``awdlstm train`` command that gives ``cfg``: the preset closest to it,
     then --data and one --set per field that differs."""
-    from .presets import PRESETS
-
     want = cfg.to_dict()
 
     def diffs(base: dict) -> list[tuple[str, str, Any]]:

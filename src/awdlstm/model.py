@@ -1,9 +1,11 @@
 """The AWD-LSTM language model (Merity, Keskar, Socher 2018, Sec. 2-4).
 
-Embedding (with embedding dropout) -> locked dropout -> N weight-dropped single-layer
-LSTMs with locked dropout between them -> locked dropout -> decoder tied to the embedding.
-The model knows nothing about devices, precision or ranks, and keeps no hidden state:
-``forward(tokens, state)`` returns the new state and the caller detaches it.
+Embedding (with embedding dropout) -> locked dropout -> N single-layer recurrent layers
+(weight-dropped LSTMs, or QRNNs: ``model.rnn``, see layers.py) with locked dropout between
+them -> locked dropout -> decoder tied to the embedding. The model knows nothing about
+devices, precision or ranks, and keeps no hidden state: ``forward(tokens, state)`` returns
+the new state and the caller detaches it. The state is a list with one tuple of tensors per
+layer, whose meaning only the layer knows.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .regularize import WeightDropLSTM, embed_with_dropout, locked_dropout
+from .layers import LayerState, build_layer
+from .regularize import embed_with_dropout, locked_dropout
 
-# One (h, c) pair per layer, each (1, B, H_layer).
-State = list[tuple[Tensor, Tensor]]
+# One tuple of tensors per layer: (h, c) for an LSTM, each (1, B, H_layer).
+State = list[LayerState]
 
 
 class LMOutput(NamedTuple):
@@ -39,9 +42,7 @@ class AWDLSTM(nn.Module):
         sizes = [cfg.emb_size] + [cfg.hidden_size] * (cfg.num_layers - 1)
         last = cfg.emb_size if cfg.tie_weights else cfg.hidden_size
         sizes.append(last)
-        self.rnns = nn.ModuleList(
-            WeightDropLSTM(sizes[i], sizes[i + 1], cfg.weight_p) for i in range(cfg.num_layers)
-        )
+        self.rnns = nn.ModuleList(build_layer(cfg, sizes[i], sizes[i + 1], i) for i in range(cfg.num_layers))
         self.decoder = nn.Linear(last, vocab_size)
         if cfg.tie_weights:
             self.decoder.weight = self.encoder.weight
@@ -60,11 +61,7 @@ class AWDLSTM(nn.Module):
         return [rnn.hidden_size for rnn in self.rnns]
 
     def init_state(self, batch_size: int) -> State:
-        weight = self.encoder.weight
-        return [
-            (weight.new_zeros(1, batch_size, h), weight.new_zeros(1, batch_size, h))
-            for h in self.layer_sizes
-        ]
+        return [rnn.init_state(batch_size, self.encoder.weight) for rnn in self.rnns]
 
     def forward(self, tokens: Tensor, state: State | None = None) -> LMOutput:
         """tokens: (T, B) word ids."""
@@ -75,8 +72,8 @@ class AWDLSTM(nn.Module):
         x = locked_dropout(x, cfg.input_p, self.training)
         new_state: State = []
         for i, rnn in enumerate(self.rnns):
-            x, (h, c) = rnn(x, state[i])  # (T, B, H_i)
-            new_state.append((h, c))
+            x, layer_state = rnn(x, state[i])  # (T, B, H_i)
+            new_state.append(tuple(layer_state))
             if i < len(self.rnns) - 1:
                 x = locked_dropout(x, cfg.hidden_p, self.training)
         raw = x
@@ -86,7 +83,7 @@ class AWDLSTM(nn.Module):
 
 def detach_state(state: State) -> State:
     """Cut the graph between BPTT windows, keeping the values."""
-    return [(h.detach(), c.detach()) for h, c in state]
+    return [tuple(t.detach() for t in layer) for layer in state]
 
 
 def count_parameters(model: nn.Module) -> int:

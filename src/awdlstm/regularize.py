@@ -5,9 +5,11 @@ hyperparameters. Shapes are time-major: ``(T, B, F)``.
 
 - ``locked_dropout``: variational dropout (Gal and Ghahramani), one mask per sequence and
   feature, shared over time (Sec. 4.2).
-- ``embedding_dropout``: drops whole rows (words) of the embedding matrix (Sec. 4.3).
+- ``embedding_dropout``: drops whole rows (words) of the embedding matrix (Sec. 4.3), the
+  paper's definition (the reference that ``embed_with_dropout`` is tested against).
+- ``embed_with_dropout``: the same, applied to the looked-up vectors (what the model uses).
 - ``drop_connect``: DropConnect on a weight matrix, one mask per call (Sec. 2, the
-  weight-dropped LSTM); ``WeightDropLSTM`` applies it to the hidden-to-hidden matrices.
+  weight-dropped LSTM); ``layers.WeightDropLSTM`` applies it to the hidden-to-hidden matrices.
 - ``activation_reg`` / ``temporal_activation_reg``: AR and TAR (Sec. 4.6; Merity,
   McCann, Socher 2017).
 """
@@ -18,7 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 LANE_LEVELS = 1 << 16
@@ -110,75 +112,3 @@ def temporal_activation_reg(raw_output: Tensor, beta: float) -> Tensor:
         return raw_output.new_zeros(())
     diff = raw_output[1:].float() - raw_output[:-1].float()
     return beta * diff.pow(2).mean()
-
-
-class WeightDropLSTM(nn.LSTM):
-    """A single-layer ``nn.LSTM`` whose hidden-to-hidden matrix is DropConnect-ed.
-
-    One mask is drawn per forward call and shared by every time step and batch element, so
-    the recurrence itself is the stock fused kernel (oneDNN on CPU, cuDNN on GPU). In
-    training the functional LSTM op that ``nn.LSTM.forward`` calls runs with the dropped
-    matrix in place of ``weight_hh_l0``; no parameter is ever deleted, replaced or swapped,
-    so the state-dict keys are those of ``nn.LSTM``, the module survives
-    ``train()``/``eval()``, ``.to(device)``, ``deepcopy`` and ``load_state_dict``, and the
-    parameters stay where ``flatten_parameters`` put them (swapping them in, as
-    ``functional_call`` or the original code's ``setattr`` do, makes ``nn.LSTM`` copy every
-    weight into a new cuDNN buffer on each call).
-
-    cuDNN takes its weights without a copy only when they lie in one buffer in its own
-    layout. When the parameters are so flattened (on a GPU), the weights of the step are
-    written into one new buffer with the same layout (``one_chunk``): one pass over the
-    layer's weights, which the dropped matrix needs anyway.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, weight_p: float = 0.0) -> None:
-        super().__init__(input_size, hidden_size, num_layers=1)
-        self.weight_p = weight_p
-
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
-        if not self.training or self.weight_p == 0:
-            return super().forward(input, hx)
-        if input.dim() != 3:
-            raise ValueError(f"WeightDropLSTM takes (T, B, F) input in training, got shape {tuple(input.shape)}")
-        if hx is None:
-            zeros = input.new_zeros(1, input.size(1), self.hidden_size)
-            hx = (zeros, zeros)
-        self.check_forward_args(input, hx, None)
-        self._update_flat_weights()  # as nn.LSTM.forward: a reassigned weight is seen
-        names = self._flat_weights_names  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0
-        weights = [drop_connect(w, self.weight_p, True) if name == "weight_hh_l0" else w
-                   for name, w in zip(names, self._flat_weights)]
-        layout = flat_layout(self._flat_weights)
-        if layout is not None:
-            weights = one_chunk(weights, *layout)
-        output, h, c = torch.lstm(input, hx, weights, True, 1, 0.0, True, False, False)
-        return output, (h, c)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_p={self.weight_p}"
-
-
-def flat_layout(params: list[Tensor]) -> tuple[list[int], int] | None:
-    """Where ``params`` lie in their common buffer, as ``flatten_parameters`` arranges them
-    for cuDNN: (offset of each, size of the buffer), in elements; None unless they all are
-    contiguous views of one storage (always None on the CPU, where nothing is flattened)."""
-    storage = params[0].untyped_storage()
-    if any(p.untyped_storage().data_ptr() != storage.data_ptr() or not p.is_contiguous() for p in params):
-        return None
-    return [p.storage_offset() for p in params], storage.nbytes() // params[0].element_size()
-
-
-def one_chunk(tensors: list[Tensor], offsets: list[int], size: int) -> list[Tensor]:
-    """Copies of ``tensors`` as views of one new buffer of ``size`` elements, each at its
-    offset (gaps zero-filled), differentiable like the tensors themselves."""
-    order = sorted(range(len(tensors)), key=offsets.__getitem__)
-    pieces, end = [], 0
-    for i in order:
-        if offsets[i] > end:
-            pieces.append(tensors[i].new_zeros(offsets[i] - end))
-        pieces.append(tensors[i].reshape(-1))
-        end = offsets[i] + tensors[i].numel()
-    if size > end:
-        pieces.append(tensors[0].new_zeros(size - end))
-    flat = torch.cat(pieces)
-    return [flat[o:o + t.numel()].view_as(t) for t, o in zip(tensors, offsets)]

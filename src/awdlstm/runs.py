@@ -1,131 +1,96 @@
-"""Run directories: what `awdlstm train`, `finetune` and `evaluate` do with them.
-
-RUN/config.json   the whole resolved config
-RUN/metrics.jsonl one line per validation check
-RUN/best.pt       the weights with the best validation loss (averaged once NT-ASGD fired)
-RUN/last.pt       everything needed to resume exactly
-RUN/results.json  valid and test perplexity of best.pt, written when training ends
-RUN/finetune/     the same layout for `awdlstm finetune RUN`
-"""
+"""What ``awdlstm train``, ``finetune`` and ``evaluate`` do with run directories (their
+format: rundir.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_config, load_checkpoint, load_weights, write_json
+from .checkpoint import checkpoint_config, load_checkpoint, load_weights
 from .config import Config
 from .data import Corpus, batchify, load_corpus
 from .errors import CheckpointError, ConfigError
 from .evaluate import evaluate
-from .runtime import Runtime, keep_freed_memory, make_runtime
+from .loading import load_with_corpus
+from .presets import get_preset
+from .rundir import RunDir, StopReason
+from .runtime import Runtime, inference_runtime, keep_freed_memory, make_runtime
 from .train import Trainer, describe
 
 log = logging.getLogger(__name__)
 
 
-class RunLock:
-    """RUN/.lock holds the training process's id while it runs, so a second training into
-    the same directory refuses instead of overwriting it; a lock left by a dead process is
-    taken over."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / ".lock"
-
-    def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = self._owner()
-                if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise ConfigError(f"{self.path.parent} is in use by another training (process {pid}); "
-                                      "wait for it, stop it, or choose another directory") from None
-                log.warning("taking over the stale lock of process %s in %s", pid, self.path.parent)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise ConfigError(f"could not lock {self.path.parent}; remove {self.path} if no training runs there")
-
-    def __exit__(self, *exc) -> None:
-        if self._owner() == os.getpid():
-            self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _check_run_dir(out: Path, resume: bool) -> None:
-    if resume:
-        if not (out / "last.pt").is_file():
-            raise CheckpointError(f"{out}: no last.pt to resume from; start a run with --out {out} (without --resume)")
-    elif any((out / name).exists() for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json")):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    elif (out / "config.json").exists():
-        log.warning("%s has a config.json but no checkpoint (a run stopped before its first save); starting over", out)
+def check_limits(max_epochs: int | None, max_minutes: float | None, max_steps: int | None) -> None:
+    """The limits of one training session: each None or a positive number."""
+    for flag, value in (("--max-epochs", max_epochs), ("--max-steps", max_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise ConfigError(f"--max-minutes must be a number > 0, got {max_minutes}")
 
 
 def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs: int | None = None,
               max_minutes: float | None = None, final_eval: bool = True, device: str | None = None,
-              max_steps: int | None = None) -> dict[str, Any]:
-    out = Path(out)
-    _check_run_dir(out, resume)
+              max_steps: int | None = None, preset: str | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into the run directory ``out``, or with ``resume`` continue the run there
+    with its saved config (``preset``, if given, must then be the config it was made from)."""
+    check_limits(max_epochs, max_minutes, max_steps)
+    run = RunDir(out)
+    run.check_start(resume)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(out / "last.pt")
+        ckpt = load_checkpoint(run.last)
         if ckpt.get("finetune"):
             raise CheckpointError(f"{out} is a fine-tuning run; continue it with: awdlstm finetune {out.parent} --resume")
-        cfg = checkpoint_config(ckpt, out / "last.pt")
+        cfg = checkpoint_config(ckpt, run.last)
+        if preset is not None:
+            _check_same_preset(cfg, preset)
     assert cfg is not None
     if device is not None:
         cfg.train = replace(cfg.train, device=device)
     cfg.validate()
     runtime = _training_runtime(cfg)
     corpus = load_corpus(cfg.data)
-    trainer = Trainer(cfg, corpus, runtime, out)
+    trainer = Trainer(cfg, corpus, runtime, run.path)
     if ckpt is not None:
-        trainer.resume(ckpt, str(out / "last.pt"))
-        log.info("resuming %s at epoch %d, step %d", out, trainer.progress.epoch, trainer.progress.step)
+        trainer.resume(ckpt, str(run.last))
+        log.info("resuming %s at epoch %d, step %d", run, trainer.progress.epoch, trainer.progress.step)
     elif runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.to_dict())
+        run.write_config(cfg.to_dict())
     _log_start(cfg, corpus, trainer, runtime)
-    with RunLock(out):
-        return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
+    with run.lock():
+        return _fit_and_report(trainer, run, max_epochs, max_minutes, final_eval,
                                f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
+
+
+def _check_same_preset(cfg: Config, preset: str) -> None:
+    """--preset with --resume: the run's config must be the preset's (where the data lives
+    and the device are not part of that)."""
+    ignored = {("data", "name"), ("data", "root"), ("train", "device")}
+    theirs, ours = cfg.to_dict(), get_preset(preset).to_dict()
+    for section, values in ours.items():
+        for key, value in values.items():
+            if (section, key) not in ignored and theirs[section][key] != value:
+                raise ConfigError(
+                    f"--resume continues with the run's saved config, which is not preset {preset} "
+                    f"({section}.{key} is {theirs[section][key]!r} in the run, {value!r} in the preset); drop --preset")
 
 
 def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = None,
                  max_minutes: float | None = None, final_eval: bool = True, device: str | None = None) -> dict[str, Any]:
     """The paper's fine-tuning: averaged SGD from the best weights, averaging from the
     first step, stopping on the non-monotone criterion."""
-    run = Path(run)
-    out = run / "finetune"
-    _check_run_dir(out, resume)
-    src_path = out / "last.pt" if resume else run / "best.pt"
+    check_limits(max_epochs, max_minutes, max_steps=None)
+    parent = RunDir(run)
+    out = parent.finetune
+    out.check_start(resume, f"continue it with: awdlstm finetune {parent} --resume")
+    src_path = out.last if resume else parent.best
     src = load_checkpoint(src_path)
     cfg = checkpoint_config(src, src_path)
     if device is not None:
@@ -135,21 +100,20 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
         raise ConfigError("fine-tuning is averaged SGD; this run used optim.optimizer=adam")
     runtime = _training_runtime(cfg)
     corpus = load_corpus(cfg.data)
-    trainer = Trainer(cfg, corpus, runtime, out, finetune=True)
+    trainer = Trainer(cfg, corpus, runtime, out.path, finetune=True)
     if resume:
         trainer.resume(src, str(src_path))
     else:
         if src["vocab"] != corpus.vocab.itos:
-            raise CheckpointError(f"{run}/best.pt was trained on another vocabulary than {corpus.path}")
+            raise CheckpointError(f"{parent.best} was trained on another vocabulary than {corpus.path}")
         load_weights(trainer.model, src.get("model"), str(src_path))
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.to_dict())
+        out.write_config(cfg.to_dict())
         trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
         trainer.save_best(trainer.progress.best_val_loss)
     _log_start(cfg, corpus, trainer, runtime)
-    with RunLock(out):
+    with out.lock():
         return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
-                               f"awdlstm finetune {shlex.quote(str(run))} --resume")
+                               f"awdlstm finetune {shlex.quote(str(parent))} --resume")
 
 
 def _training_runtime(cfg: Config) -> Runtime:
@@ -166,46 +130,27 @@ def _log_start(cfg: Config, corpus: Corpus, trainer: Trainer, runtime: Runtime) 
     log.info("model: %s; device %s, %s", describe(trainer.model), runtime.device, runtime.precision)
 
 
-def _fit_and_report(trainer: Trainer, out: Path, max_epochs, max_minutes, final_eval: bool, resume_cmd: str,
+def _fit_and_report(trainer: Trainer, run: RunDir, max_epochs, max_minutes, final_eval: bool, resume_cmd: str,
                     max_steps: int | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     reason = trainer.fit(max_epochs=max_epochs, max_minutes=max_minutes, max_steps=max_steps)
     p = trainer.progress
-    summary: dict[str, Any] = {"stopped": reason, "epoch": p.epoch - (0 if p.in_epoch else 1), "step": p.step,
+    summary: dict[str, Any] = {"stopped": reason.value, "epoch": p.epoch - (0 if p.in_epoch else 1), "step": p.step,
                                "seconds": round(time.perf_counter() - t0, 1)}
-    if reason == "interrupted":
-        summary["signal"] = trainer._signal
-        log.warning("stopped by %s after step %d; checkpoint saved. Resume with: %s", trainer._signal, p.step, resume_cmd)
+    if reason is StopReason.INTERRUPTED:
+        summary["signal"] = trainer.signal
+        log.warning("stopped by %s after step %d; checkpoint saved. Resume with: %s", trainer.signal, p.step, resume_cmd)
         return summary
     trainer.final_check()
-    if reason in ("time limit", "max epochs", "max steps"):
+    if not reason.complete:
         log.info("stopped (%s) after step %d; resume with: %s", reason, p.step, resume_cmd)
-    if final_eval and trainer.rt.is_main and (out / "best.pt").exists():
-        results = {s: evaluate_checkpoint(out / "best.pt", s, runtime=trainer.rt) for s in ("valid", "test")}
-        results["stopped"] = reason
-        write_json(out / "results.json", results)
+    if final_eval and trainer.rt.is_main and run.best.exists():
+        results = {s: evaluate_checkpoint(run.best, s, runtime=trainer.rt) for s in ("valid", "test")}
+        results["stopped"] = reason.value
+        run.write_results(results)
         summary.update(results)
         log.info("best checkpoint: valid ppl %.2f, test ppl %.2f", results["valid"]["perplexity"], results["test"]["perplexity"])
     return summary
-
-
-def load_with_corpus(path: Path | str, *, data: str | None = None, data_root: str | None = None):
-    """A trained model (run directory, checkpoint or export), its config, and the corpus it
-    reads (its own, or ``data``), checked to have the model's vocabulary."""
-    from .api import load_parts
-
-    model, vocab, cfg, info = load_parts(path)
-    if data is not None:
-        cfg.data = replace(cfg.data, name=data, root=data_root)
-    elif data_root is not None:
-        cfg.data = replace(cfg.data, root=data_root)
-    corpus = load_corpus(cfg.data)
-    if vocab.itos != corpus.vocab.itos:
-        raise CheckpointError(
-            f"{path} has a vocabulary of {len(vocab)} words that differs from the one built from "
-            f"{corpus.path} ({len(corpus.vocab)} words); use the corpus the run was trained on"
-        )
-    return model, cfg, corpus, info
 
 
 def evaluate_checkpoint(path: Path, split: str, *, batch_size: int | None = None, runtime: Runtime | None = None,
@@ -214,8 +159,7 @@ def evaluate_checkpoint(path: Path, split: str, *, batch_size: int | None = None
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     model, cfg, corpus, info = load_with_corpus(path, data=data, data_root=data_root)
     if runtime is None:
-        train_cfg = cfg.train if device is None else replace(cfg.train, device=device)
-        runtime = make_runtime(train_cfg)
+        runtime = inference_runtime(cfg.train, device)
     model.to(runtime.device)
     if batch_size is None:
         batch_size = cfg.data.test_batch_size if split == "test" else cfg.data.eval_batch_size

@@ -54,27 +54,46 @@ class Runtime:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_runtime(cfg: TrainConfig) -> Runtime:
-    name = cfg.device
+def pick_device(name: str | None) -> torch.device:
+    """auto (CUDA when there is one), cpu, cuda or cuda:N, checked; changes nothing in the
+    process (loading a model for inference goes through here)."""
+    name = name or "auto"
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device {cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA GPU is visible; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device {cfg.device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    precision = cfg.precision
+        raise ConfigError(f"train.device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def inference_runtime(cfg: TrainConfig, device: str | None = None) -> Runtime:
+    """A Runtime for evaluation in the caller's process: the device and precision, and no
+    process-wide setting changed (threads, cuDNN flags, malloc are left as they are)."""
+    dev = pick_device(device or cfg.device)
+    return Runtime(dev, _check_precision(cfg.precision, dev))
+
+
+def _check_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu" and precision != "fp32":
         # On the AVX2 CPU we develop on, oneDNN has no bf16 LSTM ("could not create a primitive
-        # descriptor") and without oneDNN a bf16 step is ~5x slower than fp32 (benchmarks/README.md).
+        # descriptor") and without oneDNN a bf16 step is much slower than fp32 (benchmarks/README.md).
         raise ConfigError(f"train.precision={precision} is for CUDA; use fp32 on the CPU")
+    return precision
+
+
+def make_runtime(cfg: TrainConfig) -> Runtime:
+    """The training process's Runtime: also sets the process's thread count and lets cuDNN
+    pick its fastest kernels (training owns its process; inference uses inference_runtime)."""
+    device = pick_device(cfg.device)
+    precision = _check_precision(cfg.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    threads = cfg.threads or _default_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.threads or _default_threads())
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return Runtime(device, precision, rank, world)

@@ -28,6 +28,7 @@ from .checkpoint import write_json
 from .config import apply_overrides
 from .errors import ConfigError
 from .presets import get_preset
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run_sweep(out: Path, preset: str, jobs: list[Job], common: list[str], *, par
     env = dict(os.environ)
     if on_cpu and parallel > 1:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve the other runs
-    pending = [j for j in jobs if not _finished(out / j.name)]
+    pending = [j for j in jobs if not RunDir(out / j.name).finished()]
     for j in jobs:
         if j not in pending:
             log.info("%s: finished earlier, skipped", j.name)
@@ -179,52 +180,24 @@ def _check_plan(out: Path, preset: str, jobs: list[Job], common: list[str]) -> N
 def summarize(out: Path, jobs: list[Job], codes: dict[str, int]) -> dict[str, Any]:
     rows = []
     for job in jobs:
-        run = out / job.name
+        run = RunDir(out / job.name)
         row: dict[str, Any] = {"name": job.name, "overrides": job.overrides, "exit": codes.get(job.name)}
-        checks = _checks(run / "metrics.jsonl")
-        res = _results(run)
+        checks = run.checks()
+        res = run.results()
         if job.name in codes and codes[job.name] not in (0, 130, 143):
             row["status"] = f"failed (see {run / 'train.log'})"
         elif res is not None:
-            row["status"] = "finished" if _finished(run) else f"stopped ({res.get('stopped')})"
+            row["status"] = "finished" if run.finished() else f"stopped ({res.get('stopped')})"
         else:
-            row["status"] = "stopped" if (run / "last.pt").exists() else "not started"
+            row["status"] = "stopped" if run.last.exists() else "not started"
         if res is not None:  # valid/test of best.pt when the run last ended
             row.update(valid_ppl=res.get("valid", {}).get("perplexity"), test_ppl=res.get("test", {}).get("perplexity"))
         if checks:
             row.update(epoch=checks[-1].get("epoch"), step=checks[-1].get("step"),
-                       best_val_ppl=min(c["val_ppl"] for c in checks if "val_ppl" in c),
+                       best_val_ppl=min(c["val_ppl"] for c in checks),
                        seconds=round(sum(c.get("seconds", 0) for c in checks), 1))
         rows.append(row)
     return {"runs": rows}
-
-
-def _results(run: Path) -> dict | None:
-    try:
-        res = json.loads((run / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return res if isinstance(res, dict) else None
-
-
-def _finished(run: Path) -> bool:
-    """Trained to the end (results.json is also written when a limit stops a run)."""
-    res = _results(run)
-    return res is not None and res.get("stopped") in ("finished", "converged")
-
-
-def _checks(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "val_ppl" in rec and "event" not in rec:
-            rows.append(rec)
-    return rows
 
 
 def _cuda_available() -> bool:

@@ -8,7 +8,6 @@ history, position in the epoch, hidden state, random generators) goes into ``las
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import signal
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write_text, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .config import Config
 from .data import Corpus, Window, approx_batches, batchify, bptt_windows, epoch_start
 from .errors import CheckpointError, TrainingError
@@ -28,6 +27,7 @@ from .evaluate import evaluate
 from .model import AWDLSTM, State, count_parameters, detach_state
 from .optim import NTASGD, make_optimizer
 from .regularize import activation_reg, temporal_activation_reg
+from .rundir import RunDir, StopReason
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Trainer:
         self.corpus = corpus
         self.rt = runtime
         self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
         self.finetune = finetune
         torch.manual_seed(cfg.train.seed)
         self.model = AWDLSTM(cfg.model, len(corpus.vocab)).to(runtime.device)
@@ -86,7 +87,8 @@ class Trainer:
         self.sampler = torch.Generator().manual_seed(cfg.train.seed)
         self.progress = Progress(lr=cfg.optim.lr)
         self.state: State | None = None
-        self._signal: str | None = None
+        self.signal: str | None = None
+        """The name of the signal that stopped training (SIGINT, SIGTERM), if one did."""
         # First step whose loss or gradient norm was not finite (-1: none). It stays on the
         # device, so on a GPU it is read only at log intervals and before saving.
         self._bad_step = torch.full((), -1, dtype=torch.long, device=runtime.device)
@@ -115,7 +117,7 @@ class Trainer:
             ntasgd=self.ntasgd.state_dict(),
             scaler=self.rt.scaler.state_dict(),
             hidden=None if self.state is None or not self.progress.in_epoch
-            else [t.cpu() for pair in self.state for t in pair],
+            else [[t.cpu() for t in layer] for layer in self.state],
             rng={**self.rt.rng_state(), "sampler": self.sampler.get_state()},
         )
         save_checkpoint(payload, self.run_dir / "last.pt")
@@ -151,35 +153,19 @@ class Trainer:
             ) from None
         self.state = None
         if hidden is not None:
-            it = iter(t.to(self.rt.device) for t in hidden)
-            self.state = list(zip(it, it))
+            self.state = restore_state(hidden, self.rt.device)
         self._bad_step.fill_(-1)
         self._trim_metrics(self.progress.step)
 
     def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines written after the checkpoint (by a process killed before it
-        saved again, or a torn last line), so a resumed run's log reads like a straight one."""
-        path = self.run_dir / "metrics.jsonl"
-        if not self.rt.is_main or not path.is_file():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("step", 0) <= step:
-                kept.append(line)
-        if len(kept) != len(lines):
-            log.info("metrics.jsonl: dropped %d line(s) written after the checkpoint of step %d",
-                     len(lines) - len(kept), step)
-            atomic_write_text(path, "".join(k + "\n" for k in kept))
+        if self.rt.is_main:
+            dropped = self.run.trim(step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d line(s) written after the checkpoint of step %d", dropped, step)
 
     def _log_event(self, record: dict[str, Any]) -> None:
         if self.rt.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            self.run.append(record)
 
     # ------------------------------------------------------------------ one step
 
@@ -257,9 +243,7 @@ class Trainer:
             "tokens_per_s": round(p.loss_tokens / p.train_seconds, 1) if p.train_seconds else None,
             "best": improved,
         }
-        if self.rt.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self._log_event(record)
         log.info(
             "epoch %d step %d | train ppl %.2f | valid ppl %.2f%s | lr %.3g | %s | %.0f tok/s",
             p.epoch, p.step, math.exp(min(train_loss, 700)), res.perplexity, " *" if improved else "",
@@ -279,13 +263,11 @@ class Trainer:
             log.warning("the weights at the stop give a non-finite validation loss; best.pt is kept")
             return
         log.info("weights at the stop: valid ppl %.2f", res.perplexity)
-        if self.rt.is_main:
-            record = {"epoch": p.epoch, "step": p.step, "train_loss": round(p.loss_sum / p.loss_tokens, 6),
-                      "val_loss": round(res.loss, 6), "val_ppl": round(res.perplexity, 4), "lr": p.lr,
-                      "phase": self.ntasgd.phase, "averaged": self.ntasgd.num_averaged, "final": True,
-                      "best": res.loss < p.best_val_loss}
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        record = {"epoch": p.epoch, "step": p.step, "train_loss": round(p.loss_sum / p.loss_tokens, 6),
+                  "val_loss": round(res.loss, 6), "val_ppl": round(res.perplexity, 4), "lr": p.lr,
+                  "phase": self.ntasgd.phase, "averaged": self.ntasgd.num_averaged, "final": True,
+                  "best": res.loss < p.best_val_loss}
+        self._log_event(record)
         if res.loss < p.best_val_loss:
             p.best_val_loss = res.loss
             self.save_best(res.loss)
@@ -294,7 +276,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, max_epochs: int | None = None, max_minutes: float | None = None,
-            max_steps: int | None = None) -> str:
+            max_steps: int | None = None) -> StopReason:
         """Train until the configured epochs (or max_epochs), the time limit, a signal or,
         when fine-tuning, convergence. Returns why it stopped."""
         last_epoch = self.cfg.train.epochs if not self.finetune else self.cfg.train.finetune_epochs
@@ -310,10 +292,10 @@ class Trainer:
         finally:
             self._restore_signals(old)
 
-    def _loop(self, last_epoch: int, deadline: float | None, max_steps: int | None) -> str:
+    def _loop(self, last_epoch: int, deadline: float | None, max_steps: int | None) -> StopReason:
         p = self.progress
         if p.finished:
-            return "finished"
+            return StopReason.FINISHED
         if not (self.run_dir / "last.pt").exists():
             self.save_last()  # the point to roll back to before the first check
         while self.progress.epoch <= last_epoch:
@@ -325,10 +307,10 @@ class Trainer:
             if reason is not None:
                 return reason
         if self.progress.epoch > (self.cfg.train.finetune_epochs if self.finetune else self.cfg.train.epochs):
-            return self._finish("finished")
-        return "max epochs"
+            return self._finish(StopReason.FINISHED)
+        return StopReason.MAX_EPOCHS
 
-    def _epoch(self, deadline: float | None, max_steps: int | None) -> str | None:
+    def _epoch(self, deadline: float | None, max_steps: int | None) -> StopReason | None:
         """Train to the end of the current epoch; a stop reason, or None to go on."""
         p, cfg = self.progress, self.cfg
         n_rows = self.train_data.size(0)
@@ -371,14 +353,16 @@ class Trainer:
                     stop = self.check()
                     t_last = self._interval_start = time.perf_counter()
                     if stop:
-                        return self._finish("converged")
+                        return self._finish(StopReason.CONVERGED)
                     self.save_last()
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 out_of_steps = max_steps is not None and p.step >= max_steps
-                if self._signal or out_of_time or out_of_steps:
+                if self.signal or out_of_time or out_of_steps:
                     self._flush_loss(loss_acc, acc_tokens, None, now, batches)
                     self.save_last()
-                    return "interrupted" if self._signal else "time limit" if out_of_time else "max steps"
+                    if self.signal:
+                        return StopReason.INTERRUPTED
+                    return StopReason.TIME_LIMIT if out_of_time else StopReason.MAX_STEPS
             self._flush_loss(loss_acc, acc_tokens, None, time.perf_counter(), batches)
         finally:
             if bar is not None:
@@ -392,7 +376,7 @@ class Trainer:
             log.info("lr divided by %g after epoch %d: now %g", cfg.optim.lr_drop_factor, p.epoch, p.lr)
         p.epoch += 1
         if stop:
-            return self._finish("converged")
+            return self._finish(StopReason.CONVERGED)
         self.save_last()
         return None
 
@@ -428,7 +412,7 @@ class Trainer:
                     err.what, err.step, p.step, p.lr, count, limit)
         self.save_last()
 
-    def _finish(self, reason: str) -> str:
+    def _finish(self, reason: StopReason) -> StopReason:
         self.progress.finished = True
         self.progress.in_epoch = False
         self.save_last()
@@ -476,7 +460,7 @@ class Trainer:
 
     def _install_signals(self):
         def handler(signum, frame):
-            self._signal = signal.Signals(signum).name
+            self.signal = signal.Signals(signum).name
 
         old = {}
         try:
@@ -492,5 +476,14 @@ class Trainer:
             signal.signal(sig, h)
 
 
+def restore_state(hidden: list, device: torch.device) -> State:
+    """The recurrent state saved in a checkpoint: a list per layer of its tensors (release
+    0.1 saved a flat list of the LSTMs' h, c, h, c, ...)."""
+    if hidden and isinstance(hidden[0], torch.Tensor):
+        it = iter(hidden)
+        hidden = [list(pair) for pair in zip(it, it)]
+    return [tuple(t.to(device) for t in layer) for layer in hidden]
+
+
 def describe(model: AWDLSTM) -> str:
-    return f"{count_parameters(model) / 1e6:.2f}M parameters, layers {model.layer_sizes}"
+    return f"{count_parameters(model) / 1e6:.2f}M parameters, {model.cfg.rnn} layers {model.layer_sizes}"
