@@ -182,6 +182,8 @@ class TrainConfig:
     """Stop cleanly, resumably, at the first batch boundary after this many minutes."""
     finetune_epochs: int = 750
     """Upper bound on epochs of `awdlstm finetune` (it stops on the trigger first)."""
+    finetune_seed: int | None = None
+    """Seed of `awdlstm finetune` (None: the training seed; the original QRNN commands use 404)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "fp32"
@@ -201,8 +203,10 @@ class TrainConfig:
     def validate(self) -> None:
         _finite(self)
         _positive(self, "epochs", "finetune_epochs", "log_every")
-        if not 0 <= self.seed < 2**64:  # what torch's generators accept
-            raise ConfigError(f"train.seed must be in [0, 2**64), got {self.seed}")
+        for name in ("seed", "finetune_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**64:  # what torch's generators accept
+                raise ConfigError(f"train.{name} must be in [0, 2**64), got {value}")
         if self.max_rollbacks < 0:
             raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -95,14 +95,14 @@ def model_card(cfg: Config, vocab: Vocab, model: AWDLSTM, metrics: dict[str, Any
     m = cfg.model
     sizes = " -> ".join(str(s) for s in [m.emb_size, *model.layer_sizes])
     lines = [
-        f"# AWD-LSTM language model ({cfg.data.name})",
+        f"# AWD-LSTM language model ({cfg.data.name}, {m.rnn.upper()})",
         "",
         "An AWD-LSTM (Merity, Keskar, Socher, *Regularizing and Optimizing LSTM Language Models*, 2018) "
         f"exported by awdlstm {__version__}.",
         "",
         f"- **data**: `{cfg.data.name}`; tokens are `line.split()` plus `<eos>` per line; "
         f"vocabulary of {len(vocab):,} words{'' if vocab.unk_id is None else ', unknown words read as `<unk>`'}",
-        f"- **model**: embedding {m.emb_size}, {m.num_layers} LSTM layers ({sizes}), "
+        f"- **model**: embedding {m.emb_size}, {m.num_layers} {m.rnn.upper()} layers ({sizes}), "
         f"{'tied' if m.tie_weights else 'untied'} embedding and softmax, {count_parameters(model):,} parameters",
         f"- **dropout** (training only): embed_p {m.embed_p}, input_p {m.input_p}, hidden_p {m.hidden_p}, "
         f"weight_p {m.weight_p}, output_p {m.output_p}",

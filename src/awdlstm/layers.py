@@ -7,6 +7,9 @@ but the layer: the model and the trainer create, detach, move and save it as a t
 tensors per layer without knowing whether it is (h, c) of an LSTM or (c, x_prev) of a QRNN.
 
 ``lstm``: ``WeightDropLSTM``, the AWD-LSTM's weight-dropped LSTM (Merity et al. 2018, Sec. 2).
+``qrnn``: ``qrnn.QRNNLayer`` (Bradbury et al. 2017) as the original code stacks it: window
+``model.qrnn_window`` on the first layer and 1 after, DropConnect (``model.weight_p``) on its
+input-to-gates matrix, zoneout ``model.zoneout_p`` on its forget gates.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .qrnn import QRNNLayer
 from .regularize import drop_connect
 
 LayerState = tuple[Tensor, ...]
@@ -121,3 +125,9 @@ def one_chunk(tensors: list[Tensor], offsets: list[int], size: int) -> list[Tens
 @register_layer("lstm")
 def _lstm(cfg: ModelConfig, input_size: int, hidden_size: int, index: int) -> nn.Module:
     return WeightDropLSTM(input_size, hidden_size, cfg.weight_p)
+
+
+@register_layer("qrnn")
+def _qrnn(cfg: ModelConfig, input_size: int, hidden_size: int, index: int) -> nn.Module:
+    window = cfg.qrnn_window if index == 0 else 1
+    return QRNNLayer(input_size, hidden_size, window=window, weight_p=cfg.weight_p, zoneout_p=cfg.zoneout_p)

@@ -92,14 +92,61 @@ def demo() -> Config:
     return cfg
 
 
+def ptb_qrnn() -> Config:
+    """Original README, PTB QRNN: 4 x (400, 1550, 1550, 1550, 400), batch 20, clip 0.2, weight
+    drop 0.1, dropouts 0.4/0.3, seed 9001, 550 epochs (fine-tuning: seed 404, 300 epochs)."""
+    cfg = ptb_original()
+    cfg.model = replace(cfg.model, rnn="qrnn", num_layers=4, hidden_size=1550, weight_p=0.1,
+                        input_p=0.4, hidden_p=0.3)
+    cfg.optim = replace(cfg.optim, clip=0.2)
+    cfg.train = replace(cfg.train, epochs=550, seed=9001, finetune_epochs=300, finetune_seed=404)
+    return cfg
+
+
+def wt2_qrnn() -> Config:
+    """Original README, WikiText-2 QRNN: 4 x 1550, batch 40, clip 0.25, weight drop 0.1,
+    dropouts 0.4/0.2, seed 4002, 500 epochs."""
+    cfg = wt2()
+    cfg.data = replace(cfg.data, batch_size=40)
+    cfg.model = replace(cfg.model, rnn="qrnn", num_layers=4, hidden_size=1550, weight_p=0.1,
+                        input_p=0.4, hidden_p=0.2)
+    cfg.train = replace(cfg.train, epochs=500, seed=4002, finetune_epochs=500)
+    return cfg
+
+
+def wt103_qrnn() -> Config:
+    """Original README (Merity et al., *An Analysis of Neural Language Modeling at Multiple
+    Scales*), WikiText-103 QRNN: 4 x 2500, emb 400, bptt 140, batch 60, dropouts 0.1, no AR/TAR,
+    weight drop or decay, Adam 1e-3 divided by 10 after epoch 12, 14 epochs, split softmax."""
+    return Config(
+        data=DataConfig(name="wikitext-103", batch_size=60, eval_batch_size=10, test_batch_size=1, bptt=140),
+        model=ModelConfig(rnn="qrnn", emb_size=400, hidden_size=2500, num_layers=4, embed_p=0.0,
+                          input_p=0.1, hidden_p=0.1, weight_p=0.0, output_p=0.1),
+        optim=OptimConfig(optimizer="adam", lr=1e-3, clip=0.25, weight_decay=0.0, alpha=0.0, beta=0.0,
+                          ntasgd=False, lr_drops=[12]),
+        train=TrainConfig(epochs=14, seed=1111),
+    )
+
+
+def demo_qrnn() -> Config:
+    """The CPU demo with QRNN layers: the same budget as ``demo`` (see README)."""
+    cfg = demo()
+    cfg.model = replace(cfg.model, rnn="qrnn", num_layers=3, hidden_size=600)
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "ptb": ptb,
     "ptb-original": ptb_original,
     "wt2": wt2,
     "wt2-original": wt2_original,
     "ptb-char": ptb_char,
+    "ptb-qrnn": ptb_qrnn,
+    "wt2-qrnn": wt2_qrnn,
+    "wt103-qrnn": wt103_qrnn,
     "tiny": tiny,
     "demo": demo,
+    "demo-qrnn": demo_qrnn,
 }
 
 

@@ -75,7 +75,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run = RunDir(run_dir)
         self.finetune = finetune
-        torch.manual_seed(cfg.train.seed)
+        seed = cfg.train.finetune_seed if finetune and cfg.train.finetune_seed is not None else cfg.train.seed
+        torch.manual_seed(seed)
         self.model = AWDLSTM(cfg.model, len(corpus.vocab)).to(runtime.device)
         # What the training step calls; checkpoints and the average hold the plain model.
         self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
@@ -84,7 +85,7 @@ class Trainer:
         # The training split lives on the device once; windows are views of it.
         self.train_data = batchify(corpus.train, cfg.data.batch_size, what="training").to(runtime.device)
         self.valid_data = batchify(corpus.valid, cfg.data.eval_batch_size, what="validation")
-        self.sampler = torch.Generator().manual_seed(cfg.train.seed)
+        self.sampler = torch.Generator().manual_seed(seed)
         self.progress = Progress(lr=cfg.optim.lr)
         self.state: State | None = None
         self.signal: str | None = None
