@@ -50,7 +50,7 @@ def test_forget_mult_benchmark_compares_every_variant(tmp_path):
                      "--rounds", "1")
     assert "plain/this" in out and "lstm/this" in out
     (shape,) = rec["forget_mult"]
-    assert set(shape["variants"]) == {"plain", "ours", "block", "scan"}
+    assert set(shape["variants"]) == {"plain", "ours", "passes", "block", "scan"}
     for r in shape["variants"].values():
         assert r["max_abs_diff_from_plain"] < 1e-5 and r["ms_per_batch"] > 0 and "cpu_per_wall" in r
     assert set(rec["layer"]["variants"]) == {"qrnn", "lstm"} and rec["layer"]["shape"]["window"] == 2
