@@ -42,3 +42,15 @@ def test_concurrent_sums_the_runs(tmp_path):
     assert one["runs"] == 1 and two["runs"] == 2 and len(two["per_run"]) == 2
     assert two["total_tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in two["per_run"]))
     assert two["threads_per_run"] >= 1 and all(r["steps"] > 0 for r in two["per_run"])
+
+
+@pytest.mark.slow
+def test_forget_mult_benchmark_compares_every_variant(tmp_path):
+    out, rec = bench(tmp_path, "forget_mult", "--shapes", "9x3x5", "--layer", "8x16x6x2", "--steps", "1",
+                     "--rounds", "1")
+    assert "plain/this" in out and "lstm/this" in out
+    (shape,) = rec["forget_mult"]
+    assert set(shape["variants"]) == {"plain", "ours", "passes", "block", "scan"}
+    for r in shape["variants"].values():
+        assert r["max_abs_diff_from_plain"] < 1e-5 and r["ms_per_batch"] > 0 and "cpu_per_wall" in r
+    assert set(rec["layer"]["variants"]) == {"qrnn", "lstm"} and rec["layer"]["shape"]["window"] == 2
