@@ -8,14 +8,12 @@ only the target's probability; the naive one builds the cache's distribution ove
 vocabulary for every token, as the original pointer.py does, and gets the model's full
 distributions (computed chunk by chunk outside its timing, so memory stays bounded). A third,
 the original code's way (one-hot (W, V) vectors per token), is timed on the first
-``--onehot-tokens`` tokens. Writes
-a JSON result with hardware, versions and the full config to benchmarks/results/.
+``--onehot-tokens`` tokens. Writes a result file (``write_result``) to benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -26,11 +24,10 @@ import torch.nn.functional as F
 
 from awdlstm.api import load_parts
 
-from .common import hardware, versions
 from awdlstm.cache import PRESETS, CacheParams, cache_log_probs, mix, model_trace, naive_cache_log_probs, preset_for
 from awdlstm.data import load_corpus
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS, write_result
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--onehot-tokens", type=int, default=2000,
                    help="tokens timed for the original-style one-hot baseline (0: skip); its rate is per token")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--out", "--out-dir", dest="out", type=Path, default=RESULTS,
+                   help="folder for the JSON result (default benchmarks/results)")
     return p.parse_args(argv)
 
 
@@ -116,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         onehot = {"tokens": m, "seconds": onehot_s, "tokens_per_s": (m - 1) / onehot_s}
 
     result = {
-        "benchmark": "cache",
         "run": str(args.run),
         "split": args.split,
         "tokens": n,
@@ -130,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_diff_log_prob": diff,
         "perplexity": {"model": math.exp(-trace.model_log_probs.mean().item()),
                        "cache": math.exp(-fast.mean().item())},
-        "hardware": hardware(trace.hidden.device),
-        "versions": versions(),
-        "config": cfg.to_dict(),
         "vocab_size": len(vocab),
-        "command": " ".join(["python -m benchmarks.cache_bench", *(argv if argv is not None else sys.argv[1:])]),
     }
     print(f"vectorised: {result['vectorised']['tokens_per_s']:,.0f} tokens/s ({fast_s:.3f} s)")
     print(f"naive:      {result['naive']['tokens_per_s']:,.0f} tokens/s ({naive_s:.2f} s)")
@@ -143,10 +136,9 @@ def main(argv: list[str] | None = None) -> int:
               f"vectorised is {result['speedup_vs_onehot']:.0f}x faster")
     print(f"speedup:    {result['speedup']:.1f}x (max |difference| of log-probs {diff:.2e}); "
           f"perplexity {result['perplexity']['model']:.2f} -> {result['perplexity']['cache']:.2f} with the cache")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out_dir / f"cache-{Path(cfg.data.name).name}-{args.split}-w{params.window}-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("cache", result, config=cfg.to_dict(), device=trace.hidden.device, out=args.out,
+                       tag=f"cache-{Path(cfg.data.name).name}-{args.split}-w{params.window}",
+                       command=" ".join(["python -m benchmarks.cache_bench", *(argv if argv is not None else sys.argv[1:])]))
     print(f"wrote {out}")
     return 0
 

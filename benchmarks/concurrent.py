@@ -23,12 +23,9 @@ from pathlib import Path
 
 import torch
 
-from awdlstm.presets import PRESETS
+from awdlstm.presets import PRESETS, get_preset
 
-from .common import Interval, Snapshot, contention, git_commit, hardware, sync, versions
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from .common import REPO, RESULTS, Interval, Snapshot, contention, sync, write_result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per run first (default 2)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result (default benchmarks/results)")
     p.add_argument("--child-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
@@ -143,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         vs = f"{row['total_tokens_per_s'] / base:.2f}x" if base else "-"
         print(f"{row['runs']:<2} {str(row['threads_per_run'] or '-'):>11}  {row['total_tokens_per_s']:>14,.0f}  {vs:>10}")
         row["total_over_one_run"] = round(row["total_tokens_per_s"] / base, 3) if base else None
-    record = {"schema": 1, "created": started.isoformat(timespec="seconds"),
-              "command": "python -m benchmarks.concurrent " + " ".join(sys.argv[1:] if argv is None else argv),
-              "git_commit": git_commit(REPO), "hardware": hardware(torch.device(args.device)), "versions": versions(),
-              "preset": args.preset, "batch_size": args.batch_size, "seconds": args.seconds, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{started.strftime('%Y%m%d-%H%M%S')}_concurrent_{args.preset}_{args.device}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    from .harness import bench_config
+
+    cfg = bench_config(get_preset(args.preset), args.batch_size, args.bptt, None, 0, args.device, args.precision)
+    figures = {"benchmark": {"preset": args.preset, "device": args.device, "precision": args.precision,
+                             "batch_size": cfg.data.batch_size, "bptt": cfg.data.bptt, "seconds_per_k": args.seconds,
+                             "warmup": args.warmup, "cores": cores,
+                             "threads": "cores // K per run on the CPU (config's train.threads is not used)"},
+               "rows": rows}
+    path = write_result("concurrent", figures, config=cfg.to_dict(), device=args.device, out=args.out,
+                        started=started, tag=f"concurrent_{args.preset}_{args.device}",
+                        command="python -m benchmarks.concurrent " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"\nwrote {path}")
     return 0
 

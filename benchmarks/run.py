@@ -14,18 +14,14 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from awdlstm.presets import PRESETS
 
-from .common import git_commit, hardware, matmul_peak, thread_env, versions
+from .common import RESULTS, measured_peak, raise_peak, step_gemms, step_lstms, theoretical_peak, write_result
 from .harness import Setup, probe_memory, memory_probe, timed_rounds, warm_up
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 TARGETS = {"train": 0.95, "eval": 1.0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,19 +45,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-timeout", type=float, default=900.0, help="seconds before compilation is given up (default 900)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: one per allowed core, as training)")
     p.add_argument("--data", default=None, help="a corpus name or directory to take token ids from (default: synthetic ids)")
-    p.add_argument("--peak-size", type=int, default=None, help="n of the n x n matmul peak (default 2048 CPU, 8192 CUDA)")
-    p.add_argument("--peak-reps", type=int, default=5, help="timed products for the matmul peak (default 5)")
+    p.add_argument("--peak-reps", type=int, default=5,
+                   help="timed repetitions of each kernel for the measured peak (default 5; the LSTM op at most 3)")
+    p.add_argument("--fma-units", type=int, default=2,
+                   help="FMA units per CPU core for the theoretical peak (default 2; 1 on some AVX-512 parts)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory probes (a short child process per contender)")
     p.add_argument("--system-malloc", action="store_true",
                    help="leave glibc's malloc as it is (training keeps freed memory; this shows what that gains)")
     p.add_argument("--no-fastai", dest="fastai", action="store_false", help="leave fastai out even if importable")
-    p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON result (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result (default benchmarks/results)")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.eval_steps is None:
         args.eval_steps = args.steps
-    for name in ("steps", "eval_steps", "rounds"):
+    for name in ("steps", "eval_steps", "rounds", "peak_reps", "fma_units"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -70,8 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA GPU is visible")
-    if args.peak_size is None:
-        args.peak_size = 8192 if args.device == "cuda" else 2048
     return args
 
 
@@ -97,19 +93,83 @@ def ratio(results: dict, a: str, b: str) -> float | None:
     return None
 
 
-def print_phase(phase: str, res: dict, tokens: int, peak: float) -> None:
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def print_phase(phase: str, res: dict, tokens: int) -> None:
     print(f"\n{phase}: {tokens} tokens per batch")
     print(f"  {'contender':<14} {'ms/batch':>10} {'[q1 - q3]':>19} {'tokens/s':>10} {'GFLOP/s':>8} "
-          f"{'%peak':>6} {'cpu/wall':>8} {'others':>6}  flag")
+          f"{'%meas':>6} {'%theo':>6} {'cpu/wall':>8} {'others':>6}  flag")
     for name, r in res.items():
         others = "-" if r["others_cores"] is None else f"{r['others_cores']:.2f}"
         flag = "CONTENDED" if r["contended"] else ""
         if not r["loss_finite"]:
             flag += " NON-FINITE-LOSS"
-        pct = 100 * r["gflops_per_s"] / peak if peak else float("nan")
         print(f"  {name:<14} {r['ms_per_batch']:>10.1f} [{r['ms_per_batch_q1']:>8.1f} - {r['ms_per_batch_q3']:>8.1f}]"
-              f" {r['tokens_per_s']:>10.0f} {r['gflops_per_s']:>8.1f} {pct:>5.1f}% {r['cpu_per_wall']:>8.2f}"
-              f" {others:>6}  {flag}")
+              f" {r['tokens_per_s']:>10.0f} {r['gflops_per_s']:>8.1f} {_pct(r['fraction_of_measured_peak']):>6}"
+              f" {_pct(r['fraction_of_theoretical_peak']):>6} {r['cpu_per_wall']:>8.2f} {others:>6}  {flag}")
+
+
+def measure_peaks(setup: Setup, args: argparse.Namespace) -> dict:
+    """The measured peak per precision (the step's kernels at its shapes) and the CPU's
+    theoretical fp32 peak; see benchmarks/README.md."""
+    cfg, dev = setup.cfg, setup.device
+    ref = setup.contenders[0]
+    sizes = (ref.input_sizes, ref.hidden_sizes)
+    batches = {"train": cfg.data.batch_size, "eval": cfg.data.eval_batch_size}
+    gemms = step_gemms(*sizes, ref.decoder_in, setup.vocab, cfg.data.bptt, sorted(set(batches.values())))
+    lstms = step_lstms(*sizes, cfg.data.bptt, batches)
+    measured = {"fp32": measured_peak(dev, torch.float32, gemms, lstms, args.peak_reps)}
+    if args.precision != "fp32":
+        measured[args.precision] = measured_peak(dev, DTYPES[args.precision], gemms, lstms, args.peak_reps)
+    if dev.type == "cpu":
+        theo = theoretical_peak(setup.threads, args.fma_units)
+    else:
+        theo = {"what": "theoretical", "gflops_per_s": None,
+                "why_none": "not computed for GPUs (see the GPU's datasheet; hardware.gpu_name)"}
+    return {"measured": measured, "theoretical": theo}
+
+
+def print_peaks(peaks: dict) -> None:
+    for k, v in peaks["measured"].items():
+        failed = [r["kernel"] for r in v["kernels"] if "error" in r]
+        print(f"  measured {k}: {v['gflops_per_s']} GFLOP/s, best of {len(v['kernels'])} kernels at the step's shapes "
+              f"({v['kernel']}; cpu/wall {v['cpu_per_wall']:.2f})" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    t = peaks["theoretical"]
+    if t["gflops_per_s"] is None:
+        print(f"  theoretical: none ({t['why_none']})")
+    else:
+        print(f"  theoretical fp32: {t['gflops_per_s']} GFLOP/s = {t['cores']} cores x {t['ghz']} GHz "
+              f"({t['frequency_source']}) x {t['fma_units_per_core']} {t['isa']} units (assumed) "
+              f"x {t['flops_per_cycle_per_unit']} FLOP/cycle")
+
+
+def apply_peaks(results: dict, peaks: dict, precision: str) -> list[str]:
+    """Each contender's fraction of the measured peak of its precision and of the
+    theoretical peak (fp32). A step faster than the measured peak raises it (never a
+    fraction above 1); returns what was raised, for the report."""
+    notes = []
+
+    def own(name: str) -> str:
+        return "fp32" if name == "ours-fp32" else precision
+
+    for phase, res in results.items():
+        for name, r in res.items():
+            if raise_peak(peaks["measured"][own(name)], r["gflops_per_s"], f"{name} {phase} step"):
+                notes.append(f"the {own(name)} measured peak was raised to {r['gflops_per_s']} GFLOP/s: the {name} "
+                             f"{phase} step ran faster than every kernel timed for the peak")
+    theo = peaks["theoretical"]["gflops_per_s"]
+    for phase, res in results.items():
+        for name, r in res.items():
+            peak = peaks["measured"][own(name)]["gflops_per_s"]
+            r["fraction_of_measured_peak"] = round(r["gflops_per_s"] / peak, 4) if peak else None
+            r["fraction_of_theoretical_peak"] = (round(r["gflops_per_s"] / theo, 4)
+                                                 if theo and own(name) == "fp32" else None)
+            if r["fraction_of_theoretical_peak"] is not None and r["fraction_of_theoretical_peak"] > 1:
+                notes.append(f"the {name} {phase} step is above the theoretical peak: the frequency or the FMA "
+                             "unit count assumed for it is too low for this CPU (turbo clock, --fma-units)")
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = dt.datetime.now().astimezone()
-    t_start = time.perf_counter()
     setup = Setup(args)
     dev = setup.device
     names = [c.name for c in setup.contenders]
@@ -130,12 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in setup.notes:
         print(f"  note: {note}")
 
-    print("matrix-multiply peak ...", flush=True)
-    peaks = {"fp32": matmul_peak(dev, torch.float32, args.peak_size, args.peak_reps)}
-    if args.precision != "fp32":
-        peaks[args.precision] = matmul_peak(dev, DTYPES[args.precision], args.peak_size, args.peak_reps)
-    for k, v in peaks.items():
-        print(f"  {k}: {v['gflops_per_s_best']:.1f} GFLOP/s best (n={v['n']}, cpu/wall {v['cpu_per_wall']:.2f})")
+    print("peak: the step's kernels at its shapes ...", flush=True)
+    peaks = measure_peaks(setup, args)
+    print_peaks(peaks)
 
     results: dict = {}
     warm: dict = {}
@@ -151,14 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             if name in results[phase] and f"{phase}_peak_mib" in m:
                 results[phase][name]["peak_memory_mib"] = m[f"{phase}_peak_mib"]
 
-    peak = peaks["fp32"]["gflops_per_s_best"]
+    peak_notes = apply_peaks(results, peaks, args.precision)
     for phase in ("train", "eval"):
-        for name, r in results[phase].items():
-            r["fraction_of_fp32_peak"] = round(r["gflops_per_s"] / peak, 4) if peak else None
-            if args.precision != "fp32" and name != "ours-fp32":
-                p = peaks[args.precision]["gflops_per_s_best"]
-                r[f"fraction_of_{args.precision}_peak"] = round(r["gflops_per_s"] / p, 4) if p else None
-        print_phase(phase, results[phase], setup.tokens(phase), peak)
+        print_phase(phase, results[phase], setup.tokens(phase))
+    print("  (%meas: of the measured peak, the best FLOP/s of the step's own kernels; "
+          "%theo: of the CPU's theoretical fp32 peak)")
+    for note in peak_notes:
+        print(f"  note: {note}")
 
     ratios: dict = {}
     for phase in ("train", "eval"):
@@ -213,15 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncompile: {json.dumps(compile_info)}")
 
     ref = setup.contenders[0] if setup.contenders else None
-    record = {
-        "schema": 1,
-        "created": started.isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
-        "git_commit": git_commit(REPO),
-        "hardware": hardware(dev),
-        "versions": versions(),
-        "thread_env": thread_env(),
+    figures = {
         "benchmark": {
             "preset": args.preset, "device": dev.type, "precision": args.precision,
             "batch_size": cfg.data.batch_size, "eval_batch_size": cfg.data.eval_batch_size,
@@ -234,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             "flops_per_eval_step": setup.flops(ref, "eval") if ref else None,
             "flops_counted": "LSTM input and recurrent matmuls + decoder, 2mnk each; backward = 2 x forward",
         },
-        "config": cfg.to_dict(),
-        "matmul_peak": peaks,
+        "peak": peaks,
+        "peak_notes": peak_notes,
         "warmup_first_step": warm,
         "train": results["train"],
         "eval": results["eval"],
@@ -245,10 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "failures": setup.failures,
         "notes": setup.notes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y%m%d-%H%M%S")
-    path = args.out / f"{stamp}_{args.preset}_{dev.type}_{args.precision}_bs{cfg.data.batch_size}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path = write_result("run", figures, config=cfg.to_dict(), device=dev, out=args.out, started=started,
+                        tag=f"{args.preset}_{dev.type}_{args.precision}_bs{cfg.data.batch_size}",
+                        command="python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"\nwrote {path}")
     return 0
 

@@ -1,11 +1,13 @@
-"""The benchmark runners work from a clean checkout (tiny sizes; no timing is asserted:
-speed is measured by the runners themselves, never in tests)."""
+"""The benchmark runners and benchmarks/gpu.sh work from a clean checkout (tiny sizes; no
+timing is asserted: speed is measured by the runners themselves, never in tests)."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -18,18 +20,34 @@ def bench(tmp_path, module, *argv):
     return proc.stdout, json.loads(path.read_text())
 
 
+def gpu_sh(tmp_path, *argv, **env):
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"),
+           "RESULTS": str(tmp_path / "results"), **env}
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_run_times_ours_against_plain_and_records_everything(tmp_path):
     out, rec = bench(tmp_path, "run", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--rounds", "2",
-                     "--device", "cpu", "--peak-size", "256")
+                     "--device", "cpu", "--peak-reps", "1")
     assert "train ours/plain = " in out and "eval  ours/plain = " in out
+    assert rec["kind"] == "run" and rec["schema"] == 2
+    measured = rec["peak"]["measured"]["fp32"]
     for phase in ("train", "eval"):
         assert set(rec[phase]) == {"ours", "plain"}
         for r in rec[phase].values():
             assert r["tokens_per_s"] > 0 and r["loss_finite"] and len(r["step_ms"]) == 2
+            # never above the measured peak: a faster step raises the peak, and the file says so
+            assert 0 < r["fraction_of_measured_peak"] <= 1
+            assert r["gflops_per_s"] <= measured["gflops_per_s"]
         ratio = rec["ratios"][phase]
         assert ratio["ours_over_plain"] == pytest.approx(
             rec[phase]["ours"]["tokens_per_s"] / rec[phase]["plain"]["tokens_per_s"], rel=1e-3)
+    kernels = [k["kernel"] for k in measured["kernels"]]
+    assert any(k.startswith("mm ") for k in kernels) and any(k.startswith("lstm train") for k in kernels)
+    if measured["raised"] is not None:
+        assert measured["raised"]["to"] == measured["gflops_per_s"] and rec["peak_notes"]
     assert rec["memory"]["ours"]["train_peak_mib"] >= 0
     assert rec["config"]["model"]["weight_p"] > 0 and rec["benchmark"]["malloc"].startswith("freed memory kept")
     assert rec["hardware"] and rec["versions"]["torch"]
@@ -42,6 +60,55 @@ def test_concurrent_sums_the_runs(tmp_path):
     assert one["runs"] == 1 and two["runs"] == 2 and len(two["per_run"]) == 2
     assert two["total_tokens_per_s"] == pytest.approx(sum(r["tokens_per_s"] for r in two["per_run"]))
     assert two["threads_per_run"] >= 1 and all(r["steps"] > 0 for r in two["per_run"])
+    assert rec["kind"] == "concurrent" and rec["config"]["model"]["hidden_size"] == 64
+
+
+def test_write_result_holds_metadata_and_figures(tmp_path):
+    from benchmarks.common import write_result
+
+    first = write_result("demo-kind", {"figure": float("nan"), "rows": [1, 2]}, config={"a": 1}, out=tmp_path,
+                         command="python -m benchmarks.demo")
+    second = write_result("demo-kind", {"figure": 1.5}, config=None, out=tmp_path)
+    assert first != second and first.name.endswith("_demo-kind.json")  # never overwritten
+    rec = json.loads(first.read_text())
+    assert rec["kind"] == "demo-kind" and rec["config"] == {"a": 1} and rec["command"] == "python -m benchmarks.demo"
+    assert rec["figure"] is None and rec["rows"] == [1, 2]
+    assert rec["versions"]["torch"] == torch.__version__ and rec["hardware"]["cpu_count"] >= 1
+    with pytest.raises(ValueError, match="hardware"):
+        write_result("x", {"hardware": 1}, config=None, out=tmp_path)
+
+
+def test_raised_peak_is_reported_never_exceeded():
+    from benchmarks.common import raise_peak
+
+    peak = {"gflops_per_s": 100.0, "kernel": "mm (1, 2) x (2, 3)", "raised": None}
+    assert not raise_peak(peak, 90.0, "ours train step") and peak["raised"] is None
+    assert raise_peak(peak, 120.0, "ours train step")
+    assert peak["gflops_per_s"] == 120.0 and peak["raised"] == {
+        "from": 100.0, "from_kernel": "mm (1, 2) x (2, 3)", "to": 120.0, "by": "ours train step"}
+
+
+def test_gpu_sh_usage_and_no_gpu(tmp_path):
+    proc = gpu_sh(tmp_path)
+    assert proc.returncode == 2 and "usage: bash benchmarks/gpu.sh check|bench|train MINUTES" in proc.stderr
+    proc = gpu_sh(tmp_path, "train")
+    assert proc.returncode == 2 and "train needs the minutes" in proc.stderr
+    if torch.cuda.is_available():
+        return
+    proc = gpu_sh(tmp_path, "check")
+    assert proc.returncode == 2 and "PyTorch sees no CUDA GPU" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_gpu_sh_bench_smoke_on_the_cpu(tmp_path):
+    proc = gpu_sh(tmp_path, "bench", DEVICE="cpu", PRESET="tiny", BATCH_SIZES="20", STEPS="1")
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    results = tmp_path / "results"
+    kinds = sorted(json.loads(p.read_text())["kind"] for p in results.glob("*.json"))
+    assert kinds == ["concurrent", "run"]
+    log = (results / "gpu.log").read_text()
+    assert "torch " + torch.__version__ in log and "benchmarks.run --preset tiny --batch-size 20" in log
 
 
 @pytest.mark.slow

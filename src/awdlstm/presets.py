@@ -75,14 +75,9 @@ def tiny() -> Config:
 def demo() -> Config:
     """The README's CPU demo: the full technique set on real PTB, ending with the test
     perplexity within 15 minutes on a 2-core CPU. Tuned for that budget (see README)."""
-    # Measured at equal tokens on the 2-core CI machine (valid ppl after 560k tokens):
-    # 3 layers 516 at bptt 70 / batch 20, 283 at bptt 35, 260 at batch 10; 2 layers of
-    # 200-400 learn faster still (298 at batch 20, 247 at batch 10). In a budget of ~3 epochs
-    # the number of updates, not capacity, limits the perplexity, so: 2 layers, short windows,
-    # small batches, light dropout and AR, and averaging over the last ~55% of the run.
-    # Full runs (test ppl, 12-14 min): 3 layers bptt 35 batch 20 131.6; this model with
-    # dropouts 0.05-0.15 and alpha 2: 120.1; dropouts 0.08, alpha 1: 111.0; these: 106.6
-    # (109.7 on a slower host of the same kind, 2026-11-22, README).
+    # In a budget of ~3 epochs the number of updates, not capacity, limits the perplexity,
+    # so: 2 layers, short windows, small batches, light dropout and AR, and averaging over
+    # the last ~55% of the run (the tuning runs are in benchmarks/README.md).
     cfg = ptb()
     cfg.data = replace(cfg.data, batch_size=10, bptt=35)
     cfg.model = replace(cfg.model, emb_size=200, hidden_size=400, num_layers=2,

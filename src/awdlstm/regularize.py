@@ -37,12 +37,11 @@ def _keep_mask(like: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
     """Bernoulli(1 - p) mask scaled by 1 / (1 - p), so the expectation is unchanged.
 
     On CUDA ``bernoulli_`` is one fused kernel. On the CPU, PyTorch draws uniform floats
-    one at a time on one thread (76 ms for the PTB model's 11.2M recurrent weights), so the
-    mask is made from 64-bit random integers read as four 16-bit lanes each: a lane is kept
-    when it is at least p * 65536, which keeps it with probability 1 - p' for p' =
-    ``lane_probability(p)``, and the survivors are scaled by 1 / (1 - p'). A quarter of the
-    draws: forward and backward of the PTB masks take 37 ms against 82 ms with uniform floats
-    and 196 ms with ``bernoulli_`` (benchmarks/masks.py).
+    one at a time on one thread, so the mask is made from 64-bit random integers read as
+    four 16-bit lanes each: a lane is kept when it is at least p * 65536, which keeps it
+    with probability 1 - p' for p' = ``lane_probability(p)``, and the survivors are scaled
+    by 1 / (1 - p'). A quarter of the draws; the measured cost of the three ways is in
+    benchmarks/README.md.
     """
     if like.is_cuda:
         return like.new_empty(shape).bernoulli_(1 - p).div_(1 - p)

@@ -110,8 +110,8 @@ def keep_freed_memory() -> bool:
     goes. By default glibc serves a large block with mmap and hands it back to the kernel on
     free, so the next step's tensors of the same size come back as fresh pages: ~100,000 page
     faults (~400 MB of zeroed pages) in each training step of the PTB model. With no mmap
-    and no trimming, a step reuses the memory of the last one: 10-20% less time per step
-    here (benchmarks/README.md), the resident size staying at the peak it reaches anyway.
+    and no trimming, a step reuses the memory of the last one (what that gains is measured in
+    benchmarks/README.md), the resident size staying at the peak it reaches anyway.
     Training calls it on the CPU (it changes malloc for the whole process, so the library's
     other entry points, such as ``LanguageModel.load``, leave it alone). Linux with glibc only; ``AWDLSTM_MALLOC=system`` leaves malloc as it is. Returns True
     when the setting is in effect.
