@@ -299,3 +299,31 @@ def test_dynamic_evaluation_lowers_a_trained_models_test_perplexity(tmp_path, sm
     assert code == 0
     res = json.loads(out.out)
     assert res["perplexity"] < res["model_perplexity"] < 2000
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(setup, tmp_path):
+    from benchmarks import dynamic_bench
+
+    assert dynamic_bench.main([str(setup[0]), "--limit", "60", "--gradstat-tokens", "300", "--gradstat-batch", "10",
+                               "--rounds", "1", "--profile-tokens", "20", "--threads", "1", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("dynamic-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["tokens"] == 59 and rec["dynamic"]["seconds"] > 0 and rec["plain"]["seconds"] > 0
+    assert rec["dynamic_over_plain"] == pytest.approx(rec["dynamic"]["seconds"] / rec["plain"]["seconds"])
+    assert rec["profile_dynamic"] and rec["hardware"] and rec["versions"]["torch"]
+
+
+@pytest.mark.gpu
+def test_on_cuda_matches_the_cpu(setup):
+    """cuDNN refuses the RNN backward pass in eval mode: the dropout-free copy runs in train
+    mode, and its weights stay in cuDNN's flat layout through the in-place updates."""
+    _, model, data, stats = setup
+    params = DynamicParams(lr=1e-3)
+    cpu = dynamic_trace(model, data.test[:100], stats, params, keep_hidden=True)
+    gpu_model = load_parts(setup[0])[0].cuda()
+    gpu = dynamic_trace(gpu_model, data.test[:100], stats, params, keep_hidden=True)
+    torch.testing.assert_close(gpu.model_log_probs.cpu(), cpu.model_log_probs, atol=1e-3, rtol=0)
+    gpu_stats = gradient_stats(gpu_model, data.train, batch_size=10)
+    for name, rms in stats.rms.items():
+        torch.testing.assert_close(gpu_stats.rms[name].cpu(), rms, atol=1e-5, rtol=1e-3)
