@@ -116,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_data_args(p)
 
+    p = sub.add_parser("dynamic-eval", help="perplexity with dynamic evaluation (Krause et al. 2018)")
+    p.add_argument("run", type=Path, help="run directory (its best.pt), a checkpoint file or an export")
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--lr", type=float, default=5e-5, help="step size of the RMS-normalised update")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.002, help="decay towards the trained weights")
+    p.add_argument("--eps", type=float, default=2e-5, help="added to the RMS gradient before dividing")
+    p.add_argument("--bptt", type=int, default=5, help="tokens per segment, one update after each")
+    p.add_argument("--search", action="store_true", help="first choose lr and lambda on the validation split")
+    p.add_argument("--lrs", help="comma-separated lrs for --search (default 3e-5,4e-5,5e-5,6e-5,7e-5,1e-4)")
+    p.add_argument("--lambdas", help="comma-separated lambdas for --search (default 0.001,0.002,0.003,0.005)")
+    p.add_argument("--gradstat-tokens", type=int, help="training tokens for the gradient statistics (default: all)")
+    p.add_argument("--gradstat-batch", type=int, default=100, help="streams for the gradient statistics")
+    p.add_argument("--cache", action="store_true", help="also the neural cache, on the static and the adapted model")
+    p.add_argument("--window", type=int, help="cache window (default: the corpus's cache preset)")
+    p.add_argument("--theta", type=float, help="cache softmax flatness (default: the preset's)")
+    p.add_argument("--lambda-cache", type=float, help="cache weight in the mixture (default: the preset's)")
+    p.add_argument("--limit", type=int, help="only the first N tokens of each split (quick checks)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_data_args(p)
+
     p = sub.add_parser("generate", help="sample text from a trained model")
     p.add_argument("run", type=Path, help="run directory, checkpoint file or export")
     p.add_argument("--prompt", default="", help="words to continue (default: start a new line)")
@@ -312,6 +333,43 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_dynamic_eval(args) -> int:
+    from .dynamic import DEFAULT_LAMBDAS, DEFAULT_LRS, evaluate_dynamic
+
+    search = None
+    if args.search:
+        search = (_number_list(args.lrs, float, "--lrs") or DEFAULT_LRS,
+                  _number_list(args.lambdas, float, "--lambdas") or DEFAULT_LAMBDAS)
+    elif args.lrs or args.lambdas:
+        from .errors import ConfigError
+
+        raise ConfigError("--lrs and --lambdas are grids for --search; add --search")
+    res = evaluate_dynamic(args.run, args.split, lr=args.lr, lam=args.lam, eps=args.eps, bptt=args.bptt,
+                           search=search, cache=args.cache, window=args.window, theta=args.theta,
+                           lam_cache=args.lambda_cache, gradstat_tokens=args.gradstat_tokens,
+                           gradstat_batch=args.gradstat_batch, device=args.device, data=args.data,
+                           data_root=args.data_root, limit=args.limit, progress=True)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    if "search" in res:
+        best = res["search"]["best"]
+        print(f"search on valid ({len(res['search']['grid'])} settings): best lr {best['lr']:g}, "
+              f"lambda {best['lambda']:g}: perplexity {best['perplexity']:.2f} "
+              f"({res['search']['model_perplexity']:.2f} static)")
+    print(f"{res['split']}: {res['tokens']} tokens; lr {res['lr']:g}, lambda {res['lambda']:g}, bptt {res['bptt']}; "
+          f"gradient statistics from {res['gradstat']['tokens']} training tokens")
+    rows = [("static", res["model_perplexity"]), ("dynamic", res["perplexity"])]
+    if "cache_perplexity" in res:
+        rows[1:1] = [("cache", res["cache_perplexity"])]
+        rows.append(("dynamic + cache", res["dynamic_cache_perplexity"]))
+        print(f"cache: window {res['window']}, theta {res['theta']:g}, lambda {res['lambda_cache']:g}")
+    print(f"{'model':<16} {'perplexity':>10}")
+    for name, ppl in rows:
+        print(f"{name:<16} {ppl:>10.2f}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     check_sampling(args.words, args.temperature, args.top_k, args.top_p)  # before the slow load
     lm = LanguageModel.load(args.run, device=args.device)
@@ -351,7 +409,7 @@ def cmd_export(args) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "data": cmd_data,
             "presets": cmd_presets, "cache": cmd_cache, "generate": cmd_generate, "score": cmd_score,
-            "export": cmd_export, "sweep": cmd_sweep}
+            "export": cmd_export, "sweep": cmd_sweep, "dynamic-eval": cmd_dynamic_eval}
 
 if __name__ == "__main__":
     sys.exit(main())
