@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from . import __version__
+from .config import Config
 from .errors import CheckpointError, ConfigError, cause_of
 
 FORMAT = "awdlstm-checkpoint"
@@ -110,8 +112,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def checkpoint_config(ckpt: dict[str, Any], path: Path):
     """The Config a checkpoint was trained with; a CheckpointError naming the problem when it
     cannot be read by this release (a key added or removed by another version, say)."""
-    from .config import Config
-
     try:
         return Config.from_dict(ckpt["config"])
     except KeyError:
@@ -124,8 +124,6 @@ def checkpoint_config(ckpt: dict[str, Any], path: Path):
 
 
 def _release() -> str:
-    from . import __version__
-
     return __version__
 
 

@@ -15,6 +15,7 @@ from .api import LanguageModel
 from .cache import SearchGrid, evaluate_cache
 from .config import DataConfig, apply_overrides, parse_value
 from .data import load_corpus, read_lines
+from .dynamic import DEFAULT_LAMBDAS, DEFAULT_LRS, evaluate_dynamic
 from .errors import AWDLSTMError, ConfigError, DataError, TrainingError
 from .export import export_run
 from .generate import check_sampling
@@ -334,15 +335,12 @@ def cmd_cache(args) -> int:
 
 
 def cmd_dynamic_eval(args) -> int:
-    from .dynamic import DEFAULT_LAMBDAS, DEFAULT_LRS, evaluate_dynamic
 
     search = None
     if args.search:
         search = (_number_list(args.lrs, float, "--lrs") or DEFAULT_LRS,
                   _number_list(args.lambdas, float, "--lambdas") or DEFAULT_LAMBDAS)
     elif args.lrs or args.lambdas:
-        from .errors import ConfigError
-
         raise ConfigError("--lrs and --lambdas are grids for --search; add --search")
     res = evaluate_dynamic(args.run, args.split, lr=args.lr, lam=args.lam, eps=args.eps, bptt=args.bptt,
                            search=search, cache=args.cache, window=args.window, theta=args.theta,

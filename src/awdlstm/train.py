@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .config import Config
@@ -452,8 +453,6 @@ class Trainer:
     def _progress_bar(self, p: Progress):
         if not self.rt.is_main:
             return None
-        from tqdm.auto import tqdm
-
         total = approx_batches(self.train_data[p.position:], self.cfg.data)
         return tqdm(total=total, desc=f"epoch {p.epoch}", leave=False, dynamic_ncols=True, disable=None)
 
