@@ -169,6 +169,23 @@ def test_split_gradients_reach_tail_rows_and_only_the_used_decoder_rows():
     assert hidden.grad.abs().sum(1).gt(0).all()
 
 
+def test_split_nll_gradients_match_autograd_through_log_probs(split_case):
+    head, hidden, targets = split_case
+    dec = head.decoder
+    params = [dec.weight, dec.bias, head.tail_weight, head.tail_bias]
+    weights = torch.rand(targets.numel())  # an uneven incoming gradient
+    h = hidden.clone().requires_grad_()
+    (head.nll(h, targets) * weights).sum().backward()
+    written = [h.grad] + [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    h2 = hidden.clone().requires_grad_()
+    nll = -head.log_probs(h2).gather(1, targets.unsqueeze(1)).squeeze(1)
+    (nll * weights).sum().backward()
+    for got, want in zip(written, [h2.grad] + [p.grad for p in params]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_split_nll_costs_only_the_clusters_of_the_targets(split_case):
     head, hidden, targets = split_case
     N, H = hidden.shape
@@ -188,6 +205,15 @@ def test_split_under_bf16_autocast_is_fp32_and_close(split_case):
         lp = head.log_probs(hidden.bfloat16())
     assert low.dtype == torch.float32 and lp.dtype == torch.float32
     torch.testing.assert_close(low, head.nll(hidden, targets), atol=0.1, rtol=0.02)
+    h = hidden.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head.nll(h, targets).mean()
+    loss.backward()
+    assert h.grad.dtype == torch.bfloat16 and head.decoder.weight.grad.dtype == torch.float32
+    grad_bf16 = head.decoder.weight.grad.clone()
+    head.decoder.weight.grad = None
+    head.nll(hidden, targets).mean().backward()
+    assert F.cosine_similarity(grad_bf16.flatten(), head.decoder.weight.grad.flatten(), dim=0) > 0.99
     assert torch.allclose(lp.logsumexp(dim=1), torch.zeros(hidden.size(0)), atol=1e-4)
 
 
@@ -342,3 +368,30 @@ def test_sampled_draws_from_the_global_rng_without_a_generator():
     b = head.nll(hidden, targets)
     c = head.nll(hidden, targets)
     assert torch.equal(a, b) and not torch.equal(b, c)
+
+
+# ------------------------------------------------------------------ the benchmark runner
+
+
+@pytest.mark.slow
+def test_heads_benchmark_runs_and_records_everything(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.heads", "--vocab", "3000", "--emb", "8", "--bptt", "4",
+                           "--batch-size", "2", "--cutoffs", "100,1000", "--num-sampled", "32", "--steps", "1",
+                           "--warmup", "1", "--rounds", "1", "--memory-steps", "1", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = tmp_path.glob("*.json")
+    rec = json.loads(path.read_text())
+    assert set(rec["train"]) == set(rec["memory"]) == {"full", "split", "sampled"}
+    for kind, r in rec["train"].items():
+        assert r["tokens_per_s"] > 0 and math.isfinite(r["loss_last"]) and "cpu_per_wall" in r
+        assert rec["memory"][kind]["extra_mib"] >= 0
+    assert rec["ratios"]["split"]["speed_over_full"] == pytest.approx(
+        rec["train"]["split"]["tokens_per_s"] / rec["train"]["full"]["tokens_per_s"], rel=1e-2)
+    assert rec["config"]["cutoffs"] == [100, 1000] and rec["hardware"] and rec["versions"]["torch"]

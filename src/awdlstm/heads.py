@@ -174,25 +174,78 @@ class SplitHead(_Head):
     def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
         if not self.cutoffs:
             return F.cross_entropy(self.decoder(hidden).float(), targets, reduction="none")
-        weights, biases = self._pieces()
-        head = self._head_log_probs(hidden, weights, biases)  # (N, C + K)
-        c = self.head_size
-        boundaries = torch.tensor(self.cutoffs, device=targets.device, dtype=targets.dtype)
-        cluster = torch.bucketize(targets, boundaries, right=True)  # (N,) 0 = head, k = tail k
-        # Head words read their own column; tail words read their cluster's row.
-        column = torch.where(cluster == 0, targets, c + cluster - 1)
-        nll = -head.gather(1, column.unsqueeze(1)).squeeze(1)
-        for k in range(1, len(self.splits) - 1):
-            rows = (cluster == k).nonzero().squeeze(1)  # (n_k,)
-            if rows.numel() == 0:
-                continue
-            logits = F.linear(hidden.index_select(0, rows), weights[k], biases[k]).float()  # (n_k, |k|)
-            inner = F.cross_entropy(logits, targets.index_select(0, rows) - self.splits[k], reduction="none")
-            nll = nll.index_add(0, rows, inner)
-        return nll
+        return _SplitNLL.apply(hidden, self.decoder.weight, self.decoder.bias, self.tail_weight, self.tail_bias,
+                               targets, self.splits)
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, cutoffs={self.cutoffs}"
+
+
+class _SplitNLL(torch.autograd.Function):
+    """-log p(target) under the split softmax, with a written-out backward.
+
+    The backward writes the decoder's gradient into one (V, H) tensor. Autograd through the
+    K + 1 pieces of the weight would hold the pieces' gradients and their concatenation at
+    the same time: twice the memory of the gradient itself, which at WikiText-103's size is
+    the largest tensor of the step. Matrix products run in the dtype autocast chose in the
+    forward (that of the hidden-by-weight product), softmax and sums in fp32. Not twice
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tail_weight, tail_bias, targets, splits):
+        c = splits[1]
+        head_logits = F.linear(hidden, torch.cat([weight[:c], tail_weight]), torch.cat([bias[:c], tail_bias]))
+        ctx.mm_dtype = head_logits.dtype
+        head_lp = F.log_softmax(head_logits.float(), dim=-1)  # (N, C + K)
+        boundaries = torch.tensor(splits[1:-1], device=targets.device, dtype=targets.dtype)
+        cluster = torch.bucketize(targets, boundaries, right=True)  # (N,) 0 = head, k = tail k
+        # Head words read their own column; tail words read their cluster's row.
+        column = torch.where(cluster == 0, targets, c + cluster - 1)
+        nll = -head_lp.gather(1, column.unsqueeze(1)).squeeze(1)
+        tails = []
+        for k in range(1, len(splits) - 1):
+            rows = (cluster == k).nonzero().squeeze(1)  # (n_k,); on CUDA a sync per cluster
+            if rows.numel() == 0:
+                continue
+            a, b = splits[k], splits[k + 1]
+            lp = F.log_softmax(F.linear(hidden.index_select(0, rows), weight[a:b], bias[a:b]).float(), dim=-1)
+            local = targets.index_select(0, rows) - a
+            nll.index_add_(0, rows, -lp.gather(1, local.unsqueeze(1)).squeeze(1))
+            tails.append((a, b, rows, lp.exp_(), local))  # (n_k, |k|) probabilities
+        ctx.save_for_backward(hidden, weight, tail_weight)
+        ctx.head_p, ctx.column, ctx.tails, ctx.bias_dtype = head_lp.exp_(), column, tails, bias.dtype
+        return nll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_nll):
+        hidden, weight, tail_weight = ctx.saved_tensors
+        dt, c = ctx.mm_dtype, ctx.head_p.size(1) - tail_weight.size(0)
+        with torch.autocast(hidden.device.type, enabled=False):
+            g = grad_nll.float().unsqueeze(1)
+            # d nll / d logits = softmax - one-hot(target), per softmax, times the incoming gradient.
+            g_head = ctx.head_p.scatter_add_(1, ctx.column.unsqueeze(1), -torch.ones_like(g)).mul_(g)
+            h, gh = hidden.to(dt), g_head.to(dt)
+            grad_w = torch.zeros_like(weight)
+            grad_b = torch.zeros(weight.size(0), device=weight.device, dtype=ctx.bias_dtype)
+            grad_w[:c] = gh[:, :c].t() @ h
+            grad_b[:c] = g_head[:, :c].sum(0)
+            grad_tw = (gh[:, c:].t() @ h).to(tail_weight.dtype)
+            grad_tb = g_head[:, c:].sum(0).to(ctx.bias_dtype)
+            grad_h = None
+            if ctx.needs_input_grad[0]:
+                grad_h = (gh[:, :c] @ weight[:c].to(dt)).float() + (gh[:, c:] @ tail_weight.to(dt)).float()
+            for a, b, rows, p, local in ctx.tails:
+                g_k = p.scatter_add_(1, local.unsqueeze(1), -torch.ones_like(p[:, :1])).mul_(g.index_select(0, rows))
+                gk = g_k.to(dt)
+                grad_w[a:b] = gk.t() @ h.index_select(0, rows)
+                grad_b[a:b] = g_k.sum(0)
+                if grad_h is not None:
+                    grad_h.index_add_(0, rows, (gk @ weight[a:b].to(dt)).float())
+        ctx.head_p = ctx.tails = None
+        grad_h = None if grad_h is None else grad_h.to(hidden.dtype)
+        return grad_h, grad_w, grad_b, grad_tw, grad_tb, None, None
 
 
 def log_uniform_log_prob(ids: Tensor, vocab_size: int) -> Tensor:
