@@ -104,9 +104,9 @@ def test_without_dropout_zeroes_every_probability_and_keeps_weights(setup):
     assert quiet.training
     assert all(torch.equal(a, b) for a, b in zip(quiet.state_dict().values(), model.state_dict().values()))
     x = torch.randint(model.vocab_size, (7, 2))
-    a = quiet(x).logits
-    torch.testing.assert_close(quiet(x).logits, a, rtol=0, atol=0)  # deterministic in train mode
-    torch.testing.assert_close(a, model.eval()(x).logits)
+    a = quiet.decoder(quiet(x).dropped_output)
+    torch.testing.assert_close(quiet.decoder(quiet(x).dropped_output), a, rtol=0, atol=0)  # deterministic in train mode
+    torch.testing.assert_close(a, model.decoder(model.eval()(x).dropped_output))
 
 
 # ---------------------------------------------------------------------------- the update
@@ -183,10 +183,11 @@ def test_gradient_stats_against_a_plain_loop(setup):
     for win in bptt_windows(source, DataConfig(bptt=5), gen=None):
         ref.zero_grad()
         out = ref(win.inputs, state)
-        F.cross_entropy(out.logits.view(-1, ref.vocab_size), win.targets.reshape(-1)).backward()
+        logits = ref.decoder(out.dropped_output)
+        F.cross_entropy(logits.view(-1, ref.vocab_size), win.targets.reshape(-1)).backward()
         for n, p in ref.named_parameters():
             squares[n] += p.grad**2
-        state = [(h.detach(), c.detach()) for h, c in out.state]
+        state = [tuple(t.detach() for t in layer) for layer in out.state]
         batches += 1
     assert stats.batches == batches and stats.tokens == (source.size(0) - 1) * 4
     for n, sq in squares.items():

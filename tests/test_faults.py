@@ -16,7 +16,7 @@ import torch
 
 from awdlstm import checkpoint
 from awdlstm.cli import main
-from awdlstm.model import AWDLSTM, LMOutput
+from awdlstm.model import AWDLSTM
 from awdlstm.train import Trainer
 
 TINY = ["--preset", "tiny", "--no-eval", "--set", "optim.check_every=40"]
@@ -53,10 +53,10 @@ def poison(monkeypatch, at_steps, *, where="loss"):
         if not at_steps(calls["n"]):
             return out
         if where == "loss":
-            return out._replace(logits=out.logits * float("nan"))
-        logits = out.logits.clone()
-        logits.register_hook(lambda g: g * float("nan"))
-        return LMOutput(logits, *out[1:])
+            return out._replace(dropped_output=out.dropped_output * float("nan"))
+        dropped = out.dropped_output.clone()
+        dropped.register_hook(lambda g: g * float("nan"))
+        return out._replace(dropped_output=dropped)
 
     monkeypatch.setattr(AWDLSTM, "forward", poisoned)
     return calls

@@ -36,7 +36,7 @@ def line_alone(lm, line):
     ids = torch.tensor([lm.vocab.stoi.get(w, lm.vocab.unk_id) for w in tokens])
     inputs = torch.cat([torch.tensor([lm.vocab.eos_id]), ids[:-1]])
     with torch.no_grad():
-        logits = lm.model(inputs[:, None]).logits[:, 0]
+        logits = lm.model.decoder(lm.model(inputs[:, None]).dropped_output)[:, 0]
     return -F.cross_entropy(logits, ids, reduction="sum").item()
 
 
@@ -79,7 +79,8 @@ def test_perplexity_reads_the_text_as_one_stream(lm):
     ids = [lm.vocab.stoi[w] for w in "the cat sat <eos> a dog ran <eos>".split()]
     inputs = torch.tensor([lm.vocab.eos_id] + ids[:-1])
     with torch.no_grad():
-        loss = F.cross_entropy(lm.model(inputs[:, None]).logits[:, 0], torch.tensor(ids)).item()
+        loss = F.cross_entropy(lm.model.decoder(lm.model(inputs[:, None]).dropped_output)[:, 0],
+                               torch.tensor(ids)).item()
     assert lm.perplexity(text) == pytest.approx(math.exp(loss), rel=1e-5)
 
 
@@ -146,7 +147,7 @@ def test_top_k_one_and_small_top_p_are_greedy(lm):
         for _ in range(8):
             out = lm.model(inputs, state)
             state = out.state
-            nxt = int(out.logits[-1, 0].argmax())
+            nxt = int(lm.model.decoder(out.dropped_output)[-1, 0].argmax())
             want.append(lm.vocab.itos[nxt])
             inputs = torch.tensor([[nxt]])
     greedy = detokenize(want)

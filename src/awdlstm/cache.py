@@ -109,8 +109,7 @@ def model_trace(model: AWDLSTM, ids: Tensor, *, seq_len: int = 256) -> Trace:
         out = model(ids[s:e, None], state)
         state = out.state
         hidden[s:e] = out.raw_output[:, 0].float()
-        logp = F.log_softmax(out.logits[:, 0].float(), dim=-1)  # (t, V)
-        log_probs[s:e] = logp.gather(1, ids[s + 1 : e + 1, None])[:, 0].double()
+        log_probs[s:e] = -model.token_nll(out, ids[s + 1 : e + 1, None])[:, 0].double()
     return Trace(hidden, ids[1:].clone(), log_probs)
 
 

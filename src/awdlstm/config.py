@@ -86,6 +86,9 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be at most 2**40 tokens, got {value}")
 
 
+HEADS = ("full", "split", "sampled")
+"""The output layers of heads.py, by name."""
+
 MAX_SEQ_LEN = 2**40
 """Bound on window lengths (and their spread), far above any corpus: torch draws a length as a
 float32 (1e39 is infinite) and an epoch's random start as an int64 (2**63 overflows)."""
@@ -118,6 +121,15 @@ class ModelConfig:
     """QRNN: how many inputs the first layer sees at each step (x_{t-1}, x_t); later layers see 1."""
     zoneout_p: float = 0.0
     """QRNN: zoneout on the forget gates (each set to 0, keeping the cell, with this probability)."""
+    head: str = "full"
+    """The output layer: full (softmax over the vocabulary), split (the original code's split
+    softmax for large vocabularies, exact and tied) or sampled (sampled softmax in training,
+    exact in evaluation)."""
+    split_cutoffs: list[int] | None = None
+    """Split head: where the frequency-ordered vocabulary is cut into clusters (None: the
+    original code's 2,800/20,000/76,000 above 75k words, 4,200/35,000/180,000 above 500k)."""
+    num_sampled: int = 8192
+    """Sampled head: negative words drawn per training step (OpenSeq2Seq's 8,192)."""
 
     def validate(self) -> None:
         from .layers import RNN_LAYERS  # the registry imports this module
@@ -129,6 +141,12 @@ class ModelConfig:
             raise ConfigError(f"model.rnn must be one of {', '.join(RNN_LAYERS)}; got {self.rnn!r}")
         if self.qrnn_window < 1:
             raise ConfigError(f"model.qrnn_window must be >= 1, got {self.qrnn_window}")
+        if self.head not in HEADS:
+            raise ConfigError(f"model.head must be one of {', '.join(HEADS)}; got {self.head!r}")
+        _positive(self, "num_sampled")
+        cuts = self.split_cutoffs
+        if cuts is not None and (any(c < 1 for c in cuts) or any(b <= a for a, b in zip(cuts, cuts[1:]))):
+            raise ConfigError(f"model.split_cutoffs must be increasing word counts >= 1, got {cuts}")
 
 
 @dataclass

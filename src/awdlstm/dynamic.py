@@ -107,7 +107,9 @@ def without_dropout(model: AWDLSTM) -> AWDLSTM:
     copy = type(model)(quiet, model.vocab_size)
     copy.load_state_dict(model.state_dict())
     device = next(model.parameters()).device
-    return copy.to(device).train()  # .to() lays the LSTM weights out for cuDNN again
+    copy = copy.to(device).train()  # .to() lays the LSTM weights out for cuDNN again
+    copy.head.eval()  # the exact softmax, also for a head that samples in training
+    return copy
 
 
 class Segment(NamedTuple):
@@ -123,8 +125,7 @@ def segment_scores(model: nn.Module, inputs: Tensor, targets: Tensor, state) -> 
     """The one place that reads the model's output: per-token losses of a (T, B) segment.
     targets: (T, B) or (T * B,)."""
     out = model(inputs, state)
-    logits = out.logits.float()
-    nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    nll = model.token_nll(out, targets.view(inputs.shape)).reshape(-1)
     return Segment(nll, out.raw_output.reshape(nll.numel(), -1), out.state)
 
 

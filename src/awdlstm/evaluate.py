@@ -45,7 +45,7 @@ def evaluate(model: AWDLSTM, source: Tensor, data_cfg: DataConfig, runtime: Runt
         targets = win.targets.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             out = model(inputs, state)
-        loss = F.cross_entropy(out.logits.float().view(-1, out.logits.size(-1)), targets.reshape(-1), reduction="sum")
+        loss = model.loss(out, targets, reduction="sum")
         total += loss.double()
         count += targets.numel()
         state = detach_state(out.state)

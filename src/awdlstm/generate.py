@@ -76,14 +76,14 @@ def generate_ids(model: AWDLSTM, prompt_ids: Tensor, words: int, *, temperature:
     model.eval()
     device = model.encoder.weight.device
     out = model(prompt_ids.view(-1, 1).to(device))  # the whole prompt at once
-    state, last = out.state, out.logits[-1, 0]
+    state, last = out.state, model.log_probs(out)[-1, 0]
     generated: list[int] = []
     while True:
         generated.append(sample_next(last, gen, temperature, top_k, top_p))
         if len(generated) == words:
             return generated
         out = model(torch.tensor([[generated[-1]]], device=device), state)
-        state, last = out.state, out.logits[-1, 0]
+        state, last = out.state, model.log_probs(out)[-1, 0]
 
 
 def detokenize(words: list[str]) -> str:

@@ -100,6 +100,11 @@ class _Head(nn.Module):
         """(N, H), (N,) -> (N,) fp32 -log p(target) under the full softmax."""
         return F.cross_entropy(self.full_logits(hidden), targets, reduction="none")
 
+    def loss(self, hidden: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        """The cross-entropy over the N positions, ``mean`` or ``sum``."""
+        nll = self.nll(hidden, targets)
+        return nll.sum() if reduction == "sum" else nll.mean()
+
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}"
 
@@ -107,6 +112,9 @@ class _Head(nn.Module):
 class FullHead(_Head):
     """The full softmax: the same operations as release 0.1 (decoder, then fp32 cross-entropy),
     so its losses are bit for bit those of before. Builds (N, V)."""
+
+    def loss(self, hidden: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        return F.cross_entropy(self.full_logits(hidden), targets, reduction=reduction)
 
 
 class SplitHead(_Head):

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .heads import build_head
 from .layers import LayerState, build_layer
 from .regularize import embed_with_dropout, locked_dropout
 
@@ -23,14 +24,13 @@ State = list[LayerState]
 
 
 class LMOutput(NamedTuple):
-    logits: Tensor
-    """(T, B, V) unnormalised next-word scores."""
     state: State
     """The recurrent state after the last step (not detached)."""
     raw_output: Tensor
     """(T, B, H_last) the last LSTM layer's output before dropout (for TAR and the cache)."""
     dropped_output: Tensor
-    """(T, B, H_last) the same after output dropout (for AR; what the decoder sees)."""
+    """(T, B, H_last) the same after output dropout: what the output layer (``model.head``)
+    turns into word probabilities, and what AR penalises."""
 
 
 class AWDLSTM(nn.Module):
@@ -47,6 +47,10 @@ class AWDLSTM(nn.Module):
         if cfg.tie_weights:
             self.decoder.weight = self.encoder.weight
         self.reset_parameters()
+        # The output layer borrows the decoder: the full softmax, or one that never builds
+        # (T, B, V) in training (heads.py). Its own parameters (split: the tail rows) are
+        # under head.*, the decoder's under decoder.* whichever head it is.
+        self.head = build_head(cfg.head, self.decoder, vocab_size, cfg.split_cutoffs, cfg.num_sampled)
 
     def reset_parameters(self) -> None:
         # Paper: embedding uniform(-0.1, 0.1); LSTM weights keep PyTorch's
@@ -78,7 +82,22 @@ class AWDLSTM(nn.Module):
                 x = locked_dropout(x, cfg.hidden_p, self.training)
         raw = x
         dropped = locked_dropout(raw, cfg.output_p, self.training)
-        return LMOutput(self.decoder(dropped), new_state, raw, dropped)
+        return LMOutput(new_state, raw, dropped)
+
+    def token_nll(self, out: LMOutput, targets: Tensor) -> Tensor:
+        """-log p(target) (fp32) at every position: (T, B) for targets (T, B)."""
+        hidden = out.dropped_output
+        return self.head.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)).view(targets.shape)
+
+    def loss(self, out: LMOutput, targets: Tensor, reduction: str = "mean") -> Tensor:
+        """The cross-entropy of targets (T, B), fp32, mean or sum over tokens."""
+        hidden = out.dropped_output
+        return self.head.loss(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1), reduction)
+
+    def log_probs(self, out: LMOutput) -> Tensor:
+        """(T, B, V) fp32 log-probabilities over the whole vocabulary (builds them all)."""
+        hidden = out.dropped_output
+        return self.head.log_probs(hidden.reshape(-1, hidden.size(-1))).view(*hidden.shape[:2], -1)
 
 
 def detach_state(state: State) -> State:

@@ -88,8 +88,7 @@ def sequence_log_probs(model: AWDLSTM, seqs: list[Tensor], *, seq_len: int = 256
         end = min(start + seq_len, longest)
         out = model(batch[start:end], state)
         state = out.state
-        logp = F.log_softmax(out.logits.float(), dim=-1)  # (t, B, V)
-        target_logp = logp.gather(2, batch[start + 1 : end + 1].unsqueeze(2)).squeeze(2)  # (t, B)
+        target_logp = -model.token_nll(out, batch[start + 1 : end + 1])  # (t, B)
         total += (target_logp.double() * mask[start:end]).sum(0)
     return total.tolist()
 

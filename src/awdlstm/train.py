@@ -179,9 +179,8 @@ class Trainer:
         with self.rt.autocast():
             out = self.step_model(win.inputs, self.state)
         self.state = detach_state(out.state)
-        vocab = out.logits.size(-1)
-        # The loss, AR and TAR are computed in fp32 whatever the autocast precision.
-        ce = F.cross_entropy(out.logits.float().view(-1, vocab), win.targets.reshape(-1))
+        # The loss (through the output head), AR and TAR are fp32 whatever the autocast precision.
+        ce = model.loss(out, win.targets)
         loss = (
             ce
             + activation_reg(out.dropped_output, cfg.optim.alpha)
