@@ -14,8 +14,10 @@ Peak memory: on the CPU each contender runs in a short child process that builds
 setup, resets the kernel's peak-RSS mark (VmHWM) and reads its resident set size (VmRSS),
 runs ``--memory-steps`` steps and reports VmHWM minus that baseline: the step's extra memory
 (the (N, V) logits and their gradients for the full head, the (V, H) decoder gradient for
-all). Not ``ru_maxrss``: a child inherits its parent's. As in training, freed memory is kept
-in the process on the CPU (``--system-malloc`` to leave malloc alone). On CUDA,
+all). Not ``ru_maxrss``: a child inherits its parent's. The child leaves glibc's malloc as
+it is (large blocks go back to the system when freed), so the figure is the live memory;
+the timed steps keep freed memory in the process, as training does on the CPU
+(``--system-malloc`` to leave malloc alone there too). On CUDA,
 ``torch.cuda.max_memory_allocated`` minus the memory allocated after setup, in process.
 Writes a JSON result (hardware, versions, config, figures, CPU-s per wall-s) to
 benchmarks/results/.
@@ -182,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     malloc = "system"
-    if args.device == "cpu" and not args.system_malloc and keep_freed_memory():
+    # The memory child leaves malloc alone: with freed memory kept, each thread's arena keeps
+    # its own freed blocks and the peak RSS varies from run to run by hundreds of MB.
+    if args.device == "cpu" and not args.system_malloc and not args.memory_child and keep_freed_memory():
         malloc = "freed memory kept (awdlstm.runtime.keep_freed_memory)"
     if args.memory_child:
         print(json.dumps(memory_child(args)))
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                    "rounds": args.rounds, "memory_steps": args.memory_steps, "device": args.device,
                    "threads": torch.get_num_threads(), "targets": "Zipf, P(id) ~ 1/(id+1)",
                    "target_share_in_first_cluster": None if head_share is None else round(head_share, 4),
-                              "malloc": malloc,
+                              "malloc": malloc, "malloc_memory_child": "system",
                    "optimizer": "SGD lr 1.0 over decoder and head parameters, zero_grad(set_to_none=True)"},
         "train": speed,
         "memory": memory,
