@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config field, e.g. --set model.weight_p=0.3 (repeatable)")
     p.add_argument("--seed", type=int, help="same as --set train.seed=N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"),
                    help="mixed precision on CUDA (same as --set train.precision=...; the CPU runs fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (same as --set train.compile=true)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")

@@ -130,6 +130,15 @@ class ModelConfig:
     original code's 2,800/20,000/76,000 above 75k words, 4,200/35,000/180,000 above 500k)."""
     num_sampled: int = 8192
     """Sampled head: negative words drawn per training step (OpenSeq2Seq's 8,192)."""
+    last_input_p: float | None = None
+    """Dropout on the last layer's input (None: hidden_p like the other layers' inputs), to set
+    it apart as OpenSeq2Seq's ``encoder_last_input_keep_prob`` does."""
+    dropout_masks: str = "locked"
+    """locked: the paper's variational masks, shared over time; step: a new mask at every
+    step, as OpenSeq2Seq's layer dropouts (input_p, hidden_p, last_input_p, output_p)."""
+    embed_dropout: str = "word"
+    """word: embed_p drops whole words (the paper); element: it drops single embedding
+    values at each position (OpenSeq2Seq's ``encoder_emb_keep_prob``)."""
 
     def validate(self) -> None:
         from .layers import RNN_LAYERS  # the registry imports this module
@@ -141,6 +150,12 @@ class ModelConfig:
             raise ConfigError(f"model.rnn must be one of {', '.join(RNN_LAYERS)}; got {self.rnn!r}")
         if self.qrnn_window < 1:
             raise ConfigError(f"model.qrnn_window must be >= 1, got {self.qrnn_window}")
+        if self.last_input_p is not None:
+            _probability(self, "last_input_p")
+        if self.dropout_masks not in ("locked", "step"):
+            raise ConfigError(f"model.dropout_masks must be one of locked, step; got {self.dropout_masks!r}")
+        if self.embed_dropout not in ("word", "element"):
+            raise ConfigError(f"model.embed_dropout must be one of word, element; got {self.embed_dropout!r}")
         if self.head not in HEADS:
             raise ConfigError(f"model.head must be one of {', '.join(HEADS)}; got {self.head!r}")
         _positive(self, "num_sampled")
@@ -205,8 +220,9 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "fp32"
-    """fp32, bf16 or fp16: autocast on CUDA, with a gradient scaler for fp16; AR/TAR and the
-    loss stay fp32. The CPU runs fp32 only (no bf16 LSTM kernel on AVX2, see benchmarks)."""
+    """fp32, bf16, fp16 or auto: autocast on CUDA, with a gradient scaler for fp16; AR/TAR and
+    the loss stay fp32. The CPU runs fp32 only (no bf16 LSTM kernel on AVX2, see benchmarks);
+    auto is bf16 on a GPU that has it (else fp16) and fp32 on the CPU."""
     compile: bool = False
     """torch.compile the model for the training step (off: on the CPU the LSTMs and the
     random masks break the graph and the compiled step was slower, benchmarks/README.md)."""
@@ -229,8 +245,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or none, got {self.max_minutes}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision must be one of fp32, bf16, fp16; got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ConfigError(f"train.precision must be one of fp32, bf16, fp16, auto; got {self.precision!r}")
         if not 0 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"train.threads must be in [0, {MAX_THREADS}] (0: one per physical core), "
                               f"got {self.threads}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
 from .heads import build_head
 from .layers import LayerState, build_layer
-from .regularize import embed_with_dropout, locked_dropout
+from .regularize import embed_with_dropout, locked_dropout, step_dropout
 
 # One tuple of tensors per layer: (h, c) for an LSTM, each (1, B, H_layer).
 State = list[LayerState]
@@ -72,16 +73,24 @@ class AWDLSTM(nn.Module):
         cfg = self.cfg
         if state is None:
             state = self.init_state(tokens.size(1))
-        x = embed_with_dropout(tokens, self.encoder.weight, cfg.embed_p, self.training)  # (T, B, E)
-        x = locked_dropout(x, cfg.input_p, self.training)
+        drop = locked_dropout if cfg.dropout_masks == "locked" else step_dropout
+        if cfg.embed_dropout == "word":
+            x = embed_with_dropout(tokens, self.encoder.weight, cfg.embed_p, self.training)  # (T, B, E)
+        else:
+            x = step_dropout(F.embedding(tokens, self.encoder.weight), cfg.embed_p, self.training)
+        last = len(self.rnns) - 1
+        # The dropout on each layer's input: input_p on the embedding, hidden_p between layers,
+        # last_input_p (when set) before the last layer.
+        input_ps = [cfg.input_p] + [cfg.hidden_p] * last
+        if cfg.last_input_p is not None:
+            input_ps[last] = cfg.last_input_p
         new_state: State = []
         for i, rnn in enumerate(self.rnns):
+            x = drop(x, input_ps[i], self.training)
             x, layer_state = rnn(x, state[i])  # (T, B, H_i)
             new_state.append(tuple(layer_state))
-            if i < len(self.rnns) - 1:
-                x = locked_dropout(x, cfg.hidden_p, self.training)
         raw = x
-        dropped = locked_dropout(raw, cfg.output_p, self.training)
+        dropped = drop(raw, cfg.output_p, self.training)
         return LMOutput(new_state, raw, dropped)
 
     def token_nll(self, out: LMOutput, targets: Tensor) -> Tensor:

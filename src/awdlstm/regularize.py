@@ -4,7 +4,7 @@ Each one is a pure function of tensors, a probability and ``training``; modules 
 hyperparameters. Shapes are time-major: ``(T, B, F)``.
 
 - ``locked_dropout``: variational dropout (Gal and Ghahramani), one mask per sequence and
-  feature, shared over time (Sec. 4.2).
+  feature, shared over time (Sec. 4.2); ``step_dropout``: a mask per time step as well.
 - ``embedding_dropout``: drops whole rows (words) of the embedding matrix (Sec. 4.3), the
   paper's definition (the reference that ``embed_with_dropout`` is tested against).
 - ``embed_with_dropout``: the same, applied to the looked-up vectors (what the model uses).
@@ -62,6 +62,14 @@ def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0:
         return x
     return x * _keep_mask(x, (1, x.size(1), x.size(2)), p)
+
+
+def step_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with a mask per element and time step (x: (T, B, F)): the standard kind, as
+    OpenSeq2Seq's layers and its element-wise embedding dropout use it."""
+    if not training or p == 0:
+        return x
+    return x * _keep_mask(x, tuple(x.shape), p)
 
 
 def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:

@@ -79,6 +79,10 @@ def inference_runtime(cfg: TrainConfig, device: str | None = None) -> Runtime:
 
 
 def _check_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and precision != "fp32":
         # On the AVX2 CPU we develop on, oneDNN has no bf16 LSTM ("could not create a primitive
         # descriptor") and without oneDNN a bf16 step is much slower than fp32 (benchmarks/README.md).
