@@ -4,7 +4,7 @@
 
 Writes a synthetic corpus of WikiText-103's shape into ``DIR/corpus`` (103,227,021 training
 tokens by default, <eos> included; valid and test 217,646 and 245,569 tokens; a Zipf
-vocabulary of 267,733 words plus <unk> and <eos>; a third of the lines blank, some short
+vocabulary of 267,733 words plus <unk> and <eos> (267,735 in all); a third of the lines blank, some short
 headings, paragraphs of about 100 words), then measures, each in a fresh process with its
 cache in ``DIR/cache``:
 
@@ -108,7 +108,8 @@ def write_split(path: Path, n_tokens: int, words: list[bytes], rng: np.random.Ge
 
 def make_corpus(out: Path, n_train: int, seed: int = 0) -> dict:
     scale = n_train / WT103["train"]
-    n_words = max(50, round((WT103["vocab"] - 2) * min(1.0, scale) ** 0.5)) if scale < 1 else WT103["vocab"] - 2
+    # The table holds <unk>; with <eos> the vocabulary is WikiText-103's (smaller corpora: fewer).
+    n_words = max(50, round((WT103["vocab"] - 1) * scale ** 0.5)) if scale < 1 else WT103["vocab"] - 1
     words = word_table(n_words)
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)

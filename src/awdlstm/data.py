@@ -8,9 +8,10 @@ The vocabulary comes from the training split, most frequent first. Token ids are
 disk under a key made of the files' contents, so renaming or moving a corpus keeps its
 cache and editing it invalidates the cache.
 
-A corpus is read as a stream (``read_blocks``): blocks of whole lines, counted block by block
-and then numericalised block by block into int32 ids, so a corpus of 100M tokens (WikiText-103)
-is never one Python list of lines or words. The cache holds each split's ids as a raw int32
+A corpus is read as a stream (``read_blocks``): blocks of whole lines. The training file is
+read once (``number_file``: counts and first-seen indices together, remapped to vocabulary ids
+once the vocabulary is known), valid and test are numericalised block by block, so a corpus
+of 100M tokens (WikiText-103) is never one Python list of lines or words. The cache holds each split's ids as a raw int32
 file that the next load memory-maps, plus ``meta.json`` (vocabulary, unknown counts, lengths);
 ``Corpus.train/valid/test`` are int32 tensors over those maps, ``batchify`` returns a view of
 them and every ``Window`` is converted to int64, a window at a time.
