@@ -121,3 +121,22 @@ def test_forget_mult_benchmark_compares_every_variant(tmp_path):
     for r in shape["variants"].values():
         assert r["max_abs_diff_from_plain"] < 1e-5 and r["ms_per_batch"] > 0 and "cpu_per_wall" in r
     assert set(rec["layer"]["variants"]) == {"qrnn", "lstm"} and rec["layer"]["shape"]["window"] == 2
+
+
+@pytest.mark.slow
+def test_big_corpus_prepares_loads_and_maps_a_tiny_corpus(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.big_corpus", "--out", str(tmp_path / "data"),
+                           "--tokens", "5000", "--results", str(tmp_path / "results")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "first preparation: " in proc.stdout and "CPU-s per wall-s" in proc.stdout
+    (path,) = (tmp_path / "results").glob("big-corpus-*.json")
+    rec = json.loads(path.read_text())
+    made, prep = rec["corpus"], rec["prepare"]
+    assert made["tokens"]["train"] == prep["train"] == 5000  # <eos> included, as WikiText counts
+    assert (prep["valid"], prep["test"]) == (made["tokens"]["valid"], made["tokens"]["test"])
+    assert all(r["vocab"] == prep["vocab"] and r["train"] == 5000 for r in rec["cached_loads"])
+    mem = rec["memory"]
+    assert mem["batchified_is_view_of_map"] and mem["batchified_dtype"] == "torch.int32"
+    assert mem["window_tokens"] == (5000 // 80 - 1) * 80  # one whole epoch of windows
+    assert mem["train_ids_file_mib"] == round(5000 * 4 / 2**20, 1)

@@ -133,11 +133,11 @@ def test_cache_is_keyed_by_content_not_path(tmp_path, monkeypatch):
     b = _write_corpus(tmp_path / "two")
     load_corpus(DataConfig(name=str(a)))
     load_corpus(DataConfig(name=str(b)))
-    assert len(list(cache_dir().glob("corpus-*.pt"))) == 1
+    assert len(list(cache_dir().glob("corpus-*/meta.json"))) == 1
     (b / "train.txt").write_text("a b c d\n", encoding="utf-8")
     corpus = load_corpus(DataConfig(name=str(b)))
     assert "d" in corpus.vocab
-    assert len(list(cache_dir().glob("corpus-*.pt"))) == 2
+    assert len(list(cache_dir().glob("corpus-*/meta.json"))) == 2
 
 
 def test_corpus_errors(tmp_path):

@@ -100,7 +100,7 @@ def model_trace(model: AWDLSTM, ids: Tensor, *, seq_len: int = 256) -> Trace:
     n = ids.numel() - 1
     if n < 1:
         raise DataError(f"the cache needs at least 2 tokens, got {ids.numel()}")
-    ids = ids.to(device)
+    ids = ids.to(device, torch.long)  # corpus splits are int32; gather wants int64
     hidden = torch.empty(n, model.layer_sizes[-1], device=device)
     log_probs = torch.empty(n, dtype=torch.float64, device=device)
     state = model.init_state(1)

@@ -87,6 +87,34 @@ def demo() -> Config:
     return cfg
 
 
+def wt103() -> Config:
+    """WikiText-103 (OpenSeq2Seq's recipe as described): 3 x 1024 LSTM, emb 400 tied, bptt 96
+    with a random start, split softmax, dropouts 0.1-0.15, mixed precision on a GPU, Adam 1e-3."""
+    return Config(
+        data=DataConfig(name="wikitext-103", batch_size=64, eval_batch_size=10, test_batch_size=1, bptt=96,
+                        variable_length=False, random_start=True),
+        model=ModelConfig(emb_size=400, hidden_size=1024, num_layers=3, embed_p=0.0, input_p=0.1,
+                          hidden_p=0.15, weight_p=0.2, output_p=0.15, head="split"),
+        optim=OptimConfig(optimizer="adam", lr=1e-3, clip=0.25, weight_decay=2e-6, alpha=0.0, beta=0.0,
+                          ntasgd=False),
+        train=TrainConfig(epochs=14, seed=1111, precision="auto"),
+    )
+
+
+def wt103_openseq2seq() -> Config:
+    """OpenSeq2Seq's released lstm-wkt103-mixed config: 3 x 1024 layer-normalised LSTM cells
+    with recurrent dropout 0.3, emb 320 tied, per-step output dropout 0.15, element-wise
+    embedding dropout 0.2, sampled softmax (8,192), Adam 1e-3, L2 2e-6, fp16, batch 224 a GPU."""
+    cfg = wt103()
+    cfg.data = replace(cfg.data, batch_size=224)
+    cfg.model = replace(cfg.model, rnn="lstm-cell", layer_norm=True, emb_size=320, embed_p=0.2,
+                        embed_dropout="element", input_p=0.0, hidden_p=0.15, last_input_p=0.0, output_p=0.15,
+                        weight_p=0.0, recurrent_p=0.3, dropout_masks="step", head="sampled", num_sampled=8192)
+    cfg.optim = replace(cfg.optim, clip=0.0, weight_decay=2e-6)
+    cfg.train = replace(cfg.train, epochs=1500, precision="fp16")
+    return cfg
+
+
 def ptb_qrnn() -> Config:
     """Original README, PTB QRNN: 4 x (400, 1550, 1550, 1550, 400), batch 20, clip 0.2, weight
     drop 0.1, dropouts 0.4/0.3, seed 9001, 550 epochs (fine-tuning: seed 404, 300 epochs)."""
@@ -116,7 +144,7 @@ def wt103_qrnn() -> Config:
     return Config(
         data=DataConfig(name="wikitext-103", batch_size=60, eval_batch_size=10, test_batch_size=1, bptt=140),
         model=ModelConfig(rnn="qrnn", emb_size=400, hidden_size=2500, num_layers=4, embed_p=0.0,
-                          input_p=0.1, hidden_p=0.1, weight_p=0.0, output_p=0.1),
+                          input_p=0.1, hidden_p=0.1, weight_p=0.0, output_p=0.1, head="split"),
         optim=OptimConfig(optimizer="adam", lr=1e-3, clip=0.25, weight_decay=0.0, alpha=0.0, beta=0.0,
                           ntasgd=False, lr_drops=[12]),
         train=TrainConfig(epochs=14, seed=1111),
@@ -141,6 +169,8 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "wt2": wt2,
     "wt2-original": wt2_original,
     "ptb-char": ptb_char,
+    "wt103": wt103,
+    "wt103-openseq2seq": wt103_openseq2seq,
     "ptb-qrnn": ptb_qrnn,
     "wt2-qrnn": wt2_qrnn,
     "wt103-qrnn": wt103_qrnn,
