@@ -328,7 +328,8 @@ PROBABILITIES = [(s, n) for s, n, h in ALL if n.endswith("_p")]
 FLOATS = [(s, n) for s, n, h in ALL if base_type(h) is float]
 # Numbers that may be 0; every other int or float field must be > 0 (a size, a count, a rate).
 ZERO_OK = {"data.length_std", "optim.clip", "optim.weight_decay", "optim.alpha", "optim.beta",
-           "optim.check_every", "optim.average_from_epoch", "train.seed", "train.threads", "train.max_rollbacks"}
+           "optim.check_every", "optim.average_from_epoch", "train.seed", "train.finetune_seed", "train.threads",
+           "train.max_rollbacks"}
 
 
 def validated(*overrides):

@@ -47,7 +47,7 @@ def test_the_model_stacks_qrnn_layers_as_the_original():
 
 
 def test_bad_qrnn_settings_are_one_line_errors(tmp_path, capsys):
-    for override, message in (("model.qrnn_window=0", "model.qrnn_window must be >= 1, got 0"),
+    for override, message in (("model.qrnn_window=0", "model.qrnn_window must be > 0, got 0"),
                               ("model.zoneout_p=1", "model.zoneout_p must be in [0, 1), got 1.0"),
                               ("model.zoneout_p=-0.1", "model.zoneout_p must be in [0, 1), got -0.1"),
                               ("model.rnn=gru", "model.rnn must be one of lstm, qrnn; got 'gru'")):

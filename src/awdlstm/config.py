@@ -125,9 +125,10 @@ class ModelConfig:
     """The output layer: full (softmax over the vocabulary), split (the original code's split
     softmax for large vocabularies, exact and tied) or sampled (sampled softmax in training,
     exact in evaluation)."""
-    split_cutoffs: list[int] | None = None
-    """Split head: where the frequency-ordered vocabulary is cut into clusters (None: the
-    original code's 2,800/20,000/76,000 above 75k words, 4,200/35,000/180,000 above 500k)."""
+    split_cutoffs: list[int] = field(default_factory=list)
+    """Split head: where the frequency-ordered vocabulary is cut into clusters (empty: the
+    original code's 2,800/20,000/76,000 above 75k words, 4,200/35,000/180,000 above 500k,
+    none below: a full softmax)."""
     num_sampled: int = 8192
     """Sampled head: negative words drawn per training step (OpenSeq2Seq's 8,192)."""
     last_input_p: float | None = None
@@ -148,8 +149,7 @@ class ModelConfig:
         _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p", "zoneout_p")
         if self.rnn not in RNN_LAYERS:
             raise ConfigError(f"model.rnn must be one of {', '.join(RNN_LAYERS)}; got {self.rnn!r}")
-        if self.qrnn_window < 1:
-            raise ConfigError(f"model.qrnn_window must be >= 1, got {self.qrnn_window}")
+        _positive(self, "qrnn_window")
         if self.last_input_p is not None:
             _probability(self, "last_input_p")
         if self.dropout_masks not in ("locked", "step"):
@@ -160,7 +160,7 @@ class ModelConfig:
             raise ConfigError(f"model.head must be one of {', '.join(HEADS)}; got {self.head!r}")
         _positive(self, "num_sampled")
         cuts = self.split_cutoffs
-        if cuts is not None and (any(c < 1 for c in cuts) or any(b <= a for a, b in zip(cuts, cuts[1:]))):
+        if any(c < 1 for c in cuts) or any(b <= a for a, b in zip(cuts, cuts[1:])):
             raise ConfigError(f"model.split_cutoffs must be increasing word counts >= 1, got {cuts}")
 
 

@@ -51,7 +51,7 @@ class AWDLSTM(nn.Module):
         # The output layer borrows the decoder: the full softmax, or one that never builds
         # (T, B, V) in training (heads.py). Its own parameters (split: the tail rows) are
         # under head.*, the decoder's under decoder.* whichever head it is.
-        self.head = build_head(cfg.head, self.decoder, vocab_size, cfg.split_cutoffs, cfg.num_sampled)
+        self.head = build_head(cfg.head, self.decoder, vocab_size, cfg.split_cutoffs or None, cfg.num_sampled)
 
     def reset_parameters(self) -> None:
         # Paper: embedding uniform(-0.1, 0.1); LSTM weights keep PyTorch's
