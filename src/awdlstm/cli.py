@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("plot", help="learning curves of runs or sweeps as a PNG (needs awdlstm[plot])")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories or sweep folders")
+    p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write (default: curves.png)")
+    p.add_argument("--title", help="figure title (default: the runs and the best perplexity)")
+    p.add_argument("--dpi", type=int, default=100, help="pixels per inch of the 12 x 8 inch figure (default 100)")
+
     p = sub.add_parser("export", help="write a run as safetensors, config.json, vocab.txt and a model card")
     p.add_argument("run", type=Path, help="run directory (its best.pt) or a checkpoint file")
     p.add_argument("out_dir", type=Path, help="new directory to create")
@@ -369,6 +375,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .errors import ConfigError
+    from .plot import plot_runs
+
+    if not 10 <= args.dpi <= 1000:
+        raise ConfigError(f"--dpi must be between 10 and 1000, got {args.dpi}")
+    out = plot_runs(args.runs, args.out, title=args.title, dpi=args.dpi)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_run
 
@@ -379,7 +396,7 @@ def cmd_export(args) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "data": cmd_data,
             "presets": cmd_presets, "cache": cmd_cache, "generate": cmd_generate, "score": cmd_score,
-            "export": cmd_export, "sweep": cmd_sweep}
+            "export": cmd_export, "sweep": cmd_sweep, "plot": cmd_plot}
 
 if __name__ == "__main__":
     sys.exit(main())
