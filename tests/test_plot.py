@@ -53,9 +53,11 @@ def test_read_metrics_splits_checks_events_and_final(tmp_path):
 
 def test_epoch_axis_is_fractional_and_stays_inside_each_checks_epoch():
     checks = [{"epoch": 1 + (s - 1) // 50, "step": s} for s in range(20, 160, 20)]
-    x = epoch_axis(checks)
-    assert x == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8])
-    assert all(c["epoch"] - 1 <= v <= c["epoch"] for c, v in zip(checks, x))
+    x = epoch_axis(checks)  # epochs of 50 steps, checked every 20
+    assert x[:2] == pytest.approx([0.4, 0.8])  # epoch 1 ends halfway between steps 40 and 60
+    assert all(abs(v - c["step"] / 50) < 0.3 for c, v in zip(checks, x))
+    assert all(c["epoch"] - 1 <= v <= c["epoch"] for c, v in zip(checks, x)) and x == sorted(x)
+    assert epoch_axis([{"epoch": e, "step": 37 * e} for e in (1, 2, 3)]) == [1.0, 2.0, 3.0]  # end-of-epoch checks
     assert epoch_axis([c for c in checks if c["epoch"] == 1]) is None  # no second epoch yet
 
 

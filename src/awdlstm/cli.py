@@ -26,6 +26,8 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in the directory exactly where it stopped")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-eval", action="store_true", help="skip the final valid/test evaluation")
+    p.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
+                   help="write live curves for TensorBoard to DIR (default: RUN/tensorboard; needs awdlstm[tensorboard])")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +184,7 @@ def cmd_train(args) -> int:
         raise ConfigError("train needs --out RUN_DIR")
     summary = train_run(cfg, args.out, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
                         final_eval=not args.no_eval, device=args.device,
-                        max_steps=args.max_steps)
+                        max_steps=args.max_steps, tensorboard=args.tensorboard)
     _print_summary(summary)
     return _exit_status(summary)
 
@@ -233,7 +235,7 @@ def cmd_finetune(args) -> int:
     from .runs import finetune_run
 
     summary = finetune_run(args.run, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
-                           final_eval=not args.no_eval, device=args.device)
+                           final_eval=not args.no_eval, device=args.device, tensorboard=args.tensorboard)
     _print_summary(summary)
     return _exit_status(summary)
 

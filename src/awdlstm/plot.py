@@ -125,25 +125,35 @@ def _short_names(paths: list[Path]) -> list[str]:
 # ---------------------------------------------------------------------------- axes
 
 
-def _steps_per_epoch(checks: list[dict]) -> float | None:
-    """Median distance between the first checks of consecutive epochs; None within epoch 1."""
+def epoch_axis(checks: list[dict]) -> list[float] | None:
+    """Fractional epoch of each check; None when the run has not yet reached a second epoch.
+
+    A check knows its epoch and step but not where the epoch began, so each epoch boundary
+    is put halfway between the epoch's last check and the next epoch's first, and the last
+    epoch is given the median length of the others."""
     first: dict[int, int] = {}
+    last: dict[int, int] = {}
     for c in checks:
         first.setdefault(c["epoch"], c["step"])
-    gaps = [first[e + 1] - first[e] for e in first if e + 1 in first]
-    if not gaps:
+        last[c["epoch"]] = c["step"]
+    epochs = sorted(first)
+    if len(epochs) < 2:
         return None
-    per_epoch = statistics.median(gaps)
-    return per_epoch if per_epoch > 0 else None
-
-
-def epoch_axis(checks: list[dict]) -> list[float] | None:
-    """Fractional epoch of each check (step / steps per epoch, kept inside the epoch the check
-    names); None when the run has not yet reached a second epoch."""
-    per_epoch = _steps_per_epoch(checks)
-    if per_epoch is None:
+    if all(first[e] == last[e] for e in epochs):  # one check per epoch: at its end (check_every=0)
+        return [float(c["epoch"]) for c in checks]
+    ends = {e: (last[e] + first[n]) / 2 for e, n in zip(epochs, epochs[1:])}
+    starts = {e: ends.get(e - 1, 0.0) for e in epochs}
+    lengths = [ends[e] - starts[e] for e in epochs[:-1] if ends[e] > starts[e]]
+    if not lengths:
         return None
-    return [min(max(c["step"] / per_epoch, c["epoch"] - 1), c["epoch"]) for c in checks]
+    ends[epochs[-1]] = max(last[epochs[-1]], starts[epochs[-1]] + statistics.median(lengths))
+    out = []
+    for c in checks:
+        e = c["epoch"]
+        span = ends[e] - starts[e]
+        frac = 1.0 if span <= 0 else (c["step"] - starts[e]) / span
+        out.append(e - 1 + min(max(frac, 0.0), 1.0))
+    return out
 
 
 def hours_axis(checks: list[dict]) -> list[float]:

@@ -10,6 +10,7 @@ RUN/finetune/     the same layout for `awdlstm finetune RUN`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -90,8 +91,10 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 
 def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs: int | None = None,
               max_minutes: float | None = None, final_eval: bool = True, device: str | None = None,
-              max_steps: int | None = None) -> dict[str, Any]:
+              max_steps: int | None = None, tensorboard: Path | str | bool | None = None) -> dict[str, Any]:
+    """Train into ``out``. ``tensorboard``: True (RUN/tensorboard) or a directory for live curves."""
     out = Path(out)
+    _check_tensorboard(tensorboard)
     _check_run_dir(out, resume)
     ckpt = None
     if resume:
@@ -113,16 +116,19 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
     _log_start(cfg, corpus, trainer, runtime)
-    with RunLock(out):
+    with RunLock(out), _observing(trainer, out, tensorboard, resumed=ckpt is not None):
         return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
                                f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
 
 
 def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = None,
-                 max_minutes: float | None = None, final_eval: bool = True, device: str | None = None) -> dict[str, Any]:
+                 max_minutes: float | None = None, final_eval: bool = True, device: str | None = None,
+                 tensorboard: Path | str | bool | None = None) -> dict[str, Any]:
     """The paper's fine-tuning: averaged SGD from the best weights, averaging from the
-    first step, stopping on the non-monotone criterion."""
+    first step, stopping on the non-monotone criterion. ``tensorboard`` as for train_run
+    (True: RUN/finetune/tensorboard)."""
     run = Path(run)
+    _check_tensorboard(tensorboard)
     out = run / "finetune"
     _check_run_dir(out, resume)
     src_path = out / "last.pt" if resume else run / "best.pt"
@@ -147,9 +153,36 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
         trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
         trainer.save_best(trainer.progress.best_val_loss)
     _log_start(cfg, corpus, trainer, runtime)
-    with RunLock(out):
+    with RunLock(out), _observing(trainer, out, tensorboard, resumed=resume):
         return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
                                f"awdlstm finetune {shlex.quote(str(run))} --resume")
+
+
+def _check_tensorboard(tensorboard) -> None:
+    """Fail before loading anything when --tensorboard is asked for but not installed."""
+    if tensorboard:
+        from .tensorboard import summary_writer_class
+
+        summary_writer_class()
+
+
+@contextlib.contextmanager
+def _observing(trainer: Trainer, out: Path, tensorboard, *, resumed: bool):
+    """Attach the TensorBoard observer (main process only) for the duration of training."""
+    if not tensorboard or not trainer.rt.is_main:
+        yield
+        return
+    from .tensorboard import TensorBoardObserver
+
+    log_dir = out / "tensorboard" if tensorboard is True else Path(tensorboard)
+    observer = TensorBoardObserver(log_dir, trainer.model, resume_step=trainer.progress.step if resumed else None)
+    trainer.observers.append(observer)
+    log.info("TensorBoard events in %s (view with: tensorboard --logdir %s)", log_dir, log_dir)
+    try:
+        yield
+    finally:
+        trainer.observers.remove(observer)
+        observer.close()
 
 
 def _training_runtime(cfg: Config) -> Runtime:
