@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-vocab", type=int)
     q.add_argument("--json", action="store_true")
 
+    q = dsub.add_parser("get", help="download a corpus, verify its checksums and lay it out under the data root")
+    q.add_argument("name", help="ptb, ptb-char, wikitext-2 or wikitext-103")
+    q.add_argument("--data-root", default="data", help="where to put NAME/{train,valid,test}.txt (default: ./data)")
+    q.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+
     sub.add_parser("presets", help="list the presets")
 
     p = sub.add_parser("cache", help="perplexity with the neural cache pointer (Grave et al. 2017)")
@@ -275,6 +280,13 @@ def cmd_data(args) -> int:
     from .config import DataConfig
     from .data import load_corpus
 
+    if args.data_command == "get":
+        from .download import get
+
+        path, fresh = get(args.name, args.data_root)
+        if not args.json:
+            print(f"{path}: {'downloaded and verified' if fresh else 'already there, verified'}")
+        args.min_freq, args.max_vocab, args.name = 1, None, str(path)
     cfg = DataConfig(name=args.name, root=args.data_root, min_freq=args.min_freq, max_vocab=args.max_vocab)
     cfg.validate()
     corpus = load_corpus(cfg)
