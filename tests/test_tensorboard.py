@@ -75,3 +75,18 @@ def test_a_custom_directory_and_the_missing_package_error(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "pip install" in err
     assert not (tmp_path / "r2").exists()
+
+
+def test_sweep_passes_tensorboard_to_each_run(tmp_path, monkeypatch):
+    import awdlstm.sweep
+
+    seen = {}
+
+    def fake_run_sweep(out, preset, jobs, common, *, parallel, device, limits):
+        seen["limits"] = limits
+        return {"runs": [], "interrupted": None}
+
+    monkeypatch.setattr(awdlstm.sweep, "run_sweep", fake_run_sweep)
+    assert main(["-q", "sweep", "--preset", "tiny", "--out", str(tmp_path / "s"), "--seeds", "1,2",
+                 "--max-steps", "3", "--tensorboard"]) == 0
+    assert seen["limits"] == ["--max-steps", "3", "--tensorboard"]

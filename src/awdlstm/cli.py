@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (all runs share it)")
     p.add_argument("--no-eval", action="store_true", help="skip each run's final valid/test evaluation")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their overrides, start nothing")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="each run writes RUN/tensorboard; `tensorboard --logdir OUT` shows them side by side")
     _add_data_args(p)
 
     p = sub.add_parser("finetune", help="the paper's fine-tuning stage: averaged SGD from the best weights")
@@ -209,6 +211,11 @@ def cmd_sweep(args) -> int:
                                 ("--max-steps", args.max_steps)) if v is not None for a in (flag, str(v))]
     if args.no_eval:
         limits.append("--no-eval")
+    if args.tensorboard:
+        from .tensorboard import summary_writer_class
+
+        summary_writer_class()  # a missing package is one error here, not one per run
+        limits.append("--tensorboard")
     summary = run_sweep(args.out, args.preset, jobs, common, parallel=args.jobs or len(jobs), device=args.device,
                         limits=limits)
     rows = summary["runs"]
