@@ -90,3 +90,23 @@ def test_sweep_passes_tensorboard_to_each_run(tmp_path, monkeypatch):
     assert main(["-q", "sweep", "--preset", "tiny", "--out", str(tmp_path / "s"), "--seeds", "1,2",
                  "--max-steps", "3", "--tensorboard"]) == 0
     assert seen["limits"] == ["--max-steps", "3", "--tensorboard"]
+
+
+def test_a_rollback_hides_the_abandoned_steps(tmp_path):
+    import torch
+
+    from awdlstm.tensorboard import TensorBoardObserver
+
+    obs = TensorBoardObserver(tmp_path / "tb", torch.nn.Linear(3, 2))
+
+    def rec(step, val_loss):
+        return {"step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "train_loss": val_loss + 0.1,
+                "lr": 30.0, "phase": "sgd", "tokens_per_s": 10.0}
+
+    for step, loss in ((4, 5.0), (8, 4.0), (12, 9.0)):
+        obs.on_check(rec(step, loss))
+    obs.on_check(rec(8, 4.5))  # rolled back to the checkpoint of step 4, then checked step 8 again
+    obs.close()
+    acc, val = scalars(tmp_path / "tb", "valid/loss")
+    assert val == [(4, 5.0), (8, 4.5)]
+    assert [e.step for e in acc.Histograms("weight_row_norms/weight")] == [4, 8]

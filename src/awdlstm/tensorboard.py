@@ -9,7 +9,8 @@ matrix of the norms of its rows (``weight_row_norms/<parameter>``), whose spread
 units dying or growing. The global step is the optimiser step. Only the main process
 writes. A resumed run appends to the same directory; events after the checkpoint it
 resumes from (written by the stopped process) are hidden, as metrics.jsonl drops them.
-Needs the optional extra ``pip install 'awdlstm[tensorboard]'``.
+After a rollback (a non-finite loss sends training back to its last checkpoint) the events
+from the abandoned steps are hidden the same way. Needs the optional extra ``pip install 'awdlstm[tensorboard]'``.
 """
 
 from __future__ import annotations
@@ -37,16 +38,24 @@ class TensorBoardObserver:
 
     def __init__(self, log_dir: Path, model: torch.nn.Module | None = None, *, resume_step: int | None = None,
                  histograms: bool = True) -> None:
-        writer_class = summary_writer_class()
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self.writer_class = summary_writer_class()
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         # purge_step hides events at steps after the checkpoint, which the resumed run writes again.
-        purge = None if resume_step is None else resume_step + 1
-        self.writer = writer_class(log_dir=str(log_dir), purge_step=purge)
+        self.writer = self._open(None if resume_step is None else resume_step + 1)
         self.model = model
         self.histograms = histograms and model is not None
+        self.last_step = -1
+
+    def _open(self, purge_step: int | None):
+        return self.writer_class(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def on_check(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
+        if step <= self.last_step:  # a rollback to an earlier checkpoint: hide what came after it
+            self.writer.close()
+            self.writer = self._open(step)
+        self.last_step = step
         w = self.writer
         w.add_scalar("valid/loss", record["val_loss"], step)
         w.add_scalar("valid/perplexity", record["val_ppl"], step)
