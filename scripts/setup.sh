@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with awdlstm, its test tools and safetensors (for `awdlstm export`). Safe to
+# Set up .venv with awdlstm, its test tools, safetensors (for `awdlstm export`), matplotlib
+# (for `awdlstm plot`) and tensorboard (for `train --tensorboard`). Safe to
 # run again (it only adds what is missing). A CPU machine gets the CPU build of PyTorch,
 # never the multi-GB CUDA one.
 set -euo pipefail
@@ -18,4 +19,4 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
         "$PY" -m pip install -q "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
-"$PY" -m pip install -q -e ".[test,export]"
+"$PY" -m pip install -q -e ".[test,export,plot,tensorboard]"

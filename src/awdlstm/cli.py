@@ -17,8 +17,10 @@ from .config import DataConfig, apply_overrides, parse_value
 from .data import load_corpus, read_lines
 from .dynamic import DEFAULT_LAMBDAS, DEFAULT_LRS, evaluate_dynamic
 from .errors import AWDLSTMError, ConfigError, DataError, TrainingError
+from .download import get as get_corpus
 from .export import export_run
 from .generate import check_sampling
+from .plot import plot_runs
 from .presets import PRESETS, get_preset
 from .runs import check_limits, evaluate_checkpoint, finetune_run, train_run
 from .score import score_lines
@@ -37,6 +39,8 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in the directory exactly where it stopped")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-eval", action="store_true", help="skip the final valid/test evaluation")
+    p.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
+                   help="write live curves for TensorBoard to DIR (default: RUN/tensorboard; needs awdlstm[tensorboard])")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (all runs share it)")
     p.add_argument("--no-eval", action="store_true", help="skip each run's final valid/test evaluation")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their overrides, start nothing")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="each run writes RUN/tensorboard; `tensorboard --logdir OUT` shows them side by side")
     _add_data_args(p)
 
     p = sub.add_parser("finetune", help="the paper's fine-tuning stage: averaged SGD from the best weights")
@@ -97,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--min-freq", type=int, default=1)
     q.add_argument("--max-vocab", type=int)
     q.add_argument("--json", action="store_true")
+
+    q = dsub.add_parser("get", help="download a corpus, verify its checksums and lay it out under the data root")
+    q.add_argument("name", help="ptb, ptb-char, wikitext-2 or wikitext-103")
+    q.add_argument("--data-root", default="data", help="where to put NAME/{train,valid,test}.txt (default: ./data)")
+    q.add_argument("--json", action="store_true", help="print the counts as one JSON object")
 
     sub.add_parser("presets", help="list the presets")
 
@@ -155,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("plot", help="learning curves of runs or sweeps as a PNG (needs awdlstm[plot])")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories or sweep folders")
+    p.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write (default: curves.png)")
+    p.add_argument("--title", help="figure title (default: the runs and the best perplexity)")
+    p.add_argument("--dpi", type=int, default=100, help="pixels per inch of the 12 x 8 inch figure (default 100)")
+
     p = sub.add_parser("export", help="write a run as safetensors, config.json, vocab.txt and a model card")
     p.add_argument("run", type=Path, help="run directory (its best.pt) or a checkpoint file")
     p.add_argument("out_dir", type=Path, help="new directory to create")
@@ -203,7 +220,7 @@ def cmd_train(args) -> int:
         raise ConfigError("train needs --out RUN_DIR")
     summary = train_run(cfg, args.out, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
                         final_eval=not args.no_eval, device=args.device, max_steps=args.max_steps,
-                        preset=args.preset if args.resume else None)
+                        preset=args.preset if args.resume else None, tensorboard=args.tensorboard)
     _print_summary(summary)
     return _exit_status(summary)
 
@@ -221,6 +238,11 @@ def cmd_sweep(args) -> int:
                                 ("--max-steps", args.max_steps)) if v is not None for a in (flag, str(v))]
     if args.no_eval:
         limits.append("--no-eval")
+    if args.tensorboard:
+        from .tensorboard import summary_writer_class
+
+        summary_writer_class()  # a missing package is one error here, not one per run
+        limits.append("--tensorboard")
     summary = run_sweep(args.out, args.preset, jobs, common, parallel=args.jobs or len(jobs), device=args.device,
                         limits=limits)
     rows = summary["runs"]
@@ -247,7 +269,7 @@ def cmd_sweep(args) -> int:
 def cmd_finetune(args) -> int:
     check_limits(args.max_epochs, args.max_minutes, args.max_steps)
     summary = finetune_run(args.run, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
-                           final_eval=not args.no_eval, device=args.device)
+                           final_eval=not args.no_eval, device=args.device, tensorboard=args.tensorboard)
     _print_summary(summary)
     return _exit_status(summary)
 
@@ -280,6 +302,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "get":
+        path, fresh = get_corpus(args.name, args.data_root)
+        if not args.json:
+            print(f"{path}: {'downloaded and verified' if fresh else 'already there, verified'}")
+        args.min_freq, args.max_vocab, args.name = 1, None, str(path)
     cfg = DataConfig(name=args.name, root=args.data_root, min_freq=args.min_freq, max_vocab=args.max_vocab)
     cfg.validate()
     corpus = load_corpus(cfg)
@@ -399,6 +426,14 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    if not 10 <= args.dpi <= 1000:
+        raise ConfigError(f"--dpi must be between 10 and 1000, got {args.dpi}")
+    out = plot_runs(args.runs, args.out, title=args.title, dpi=args.dpi)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     out = export_run(args.run, args.out_dir)
     print(f"exported {args.run} to {out}: model.safetensors, config.json, vocab.txt, README.md")
@@ -407,7 +442,7 @@ def cmd_export(args) -> int:
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "data": cmd_data,
             "presets": cmd_presets, "cache": cmd_cache, "generate": cmd_generate, "score": cmd_score,
-            "export": cmd_export, "sweep": cmd_sweep, "dynamic-eval": cmd_dynamic_eval}
+            "export": cmd_export, "sweep": cmd_sweep, "dynamic-eval": cmd_dynamic_eval, "plot": cmd_plot}
 
 if __name__ == "__main__":
     sys.exit(main())

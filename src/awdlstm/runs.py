@@ -3,6 +3,7 @@ format: rundir.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,10 +38,13 @@ def check_limits(max_epochs: int | None, max_minutes: float | None, max_steps: i
 
 def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs: int | None = None,
               max_minutes: float | None = None, final_eval: bool = True, device: str | None = None,
-              max_steps: int | None = None, preset: str | None = None) -> dict[str, Any]:
+              max_steps: int | None = None, preset: str | None = None,
+              tensorboard: Path | str | bool | None = None) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``out``, or with ``resume`` continue the run there
-    with its saved config (``preset``, if given, must then be the config it was made from)."""
+    with its saved config (``preset``, if given, must then be the config it was made from).
+    ``tensorboard``: True (RUN/tensorboard) or a directory, for live curves."""
     check_limits(max_epochs, max_minutes, max_steps)
+    _check_tensorboard(tensorboard)
     run = RunDir(out)
     run.check_start(resume)
     ckpt = None
@@ -64,7 +68,7 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
     elif runtime.is_main:
         run.write_config(cfg.to_dict())
     _log_start(cfg, corpus, trainer, runtime)
-    with run.lock():
+    with run.lock(), _observing(trainer, run.path, tensorboard, resumed=ckpt is not None):
         return _fit_and_report(trainer, run, max_epochs, max_minutes, final_eval,
                                f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
 
@@ -83,10 +87,13 @@ def _check_same_preset(cfg: Config, preset: str) -> None:
 
 
 def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = None,
-                 max_minutes: float | None = None, final_eval: bool = True, device: str | None = None) -> dict[str, Any]:
+                 max_minutes: float | None = None, final_eval: bool = True, device: str | None = None,
+                 tensorboard: Path | str | bool | None = None) -> dict[str, Any]:
     """The paper's fine-tuning: averaged SGD from the best weights, averaging from the
-    first step, stopping on the non-monotone criterion."""
+    first step, stopping on the non-monotone criterion. ``tensorboard`` as for train_run
+    (True: RUN/finetune/tensorboard)."""
     check_limits(max_epochs, max_minutes, max_steps=None)
+    _check_tensorboard(tensorboard)
     parent = RunDir(run)
     out = parent.finetune
     out.check_start(resume, f"continue it with: awdlstm finetune {parent} --resume")
@@ -111,9 +118,36 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
         trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
         trainer.save_best(trainer.progress.best_val_loss)
     _log_start(cfg, corpus, trainer, runtime)
-    with out.lock():
+    with out.lock(), _observing(trainer, out.path, tensorboard, resumed=resume):
         return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
                                f"awdlstm finetune {shlex.quote(str(parent))} --resume")
+
+
+def _check_tensorboard(tensorboard) -> None:
+    """Fail before loading anything when --tensorboard is asked for but not installed."""
+    if tensorboard:
+        from .tensorboard import summary_writer_class
+
+        summary_writer_class()
+
+
+@contextlib.contextmanager
+def _observing(trainer: Trainer, out: Path, tensorboard, *, resumed: bool):
+    """Attach the TensorBoard observer (main process only) for the duration of training."""
+    if not tensorboard or not trainer.rt.is_main:
+        yield
+        return
+    from .tensorboard import TensorBoardObserver
+
+    log_dir = out / "tensorboard" if tensorboard is True else Path(tensorboard)
+    observer = TensorBoardObserver(log_dir, trainer.model, resume_step=trainer.progress.step if resumed else None)
+    trainer.observers.append(observer)
+    log.info("TensorBoard events in %s (view with: tensorboard --logdir %s)", log_dir, log_dir)
+    try:
+        yield
+    finally:
+        trainer.observers.remove(observer)
+        observer.close()
 
 
 def _training_runtime(cfg: Config) -> Runtime:

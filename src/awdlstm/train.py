@@ -96,6 +96,8 @@ class Trainer:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=runtime.device)
         self._bad_what = torch.zeros((), dtype=torch.long, device=runtime.device)
         self._sync_each_step = runtime.device.type == "cpu"
+        self.observers: list = []
+        """Objects with ``on_check(record)``, called on the main process with each check's metrics."""
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -245,6 +247,9 @@ class Trainer:
             "best": improved,
         }
         self._log_event(record)
+        if self.rt.is_main:
+            for observer in self.observers:
+                observer.on_check(record)
         log.info(
             "epoch %d step %d | train ppl %.2f | valid ppl %.2f%s | lr %.3g | %s | %.0f tok/s",
             p.epoch, p.step, math.exp(min(train_loss, 700)), res.perplexity, " *" if improved else "",
