@@ -36,7 +36,13 @@ def small_ptb(shared_data, tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu need CUDA; without it they are reported as skipped, never as passed."""
+    """Tests that read the benchmark corpora carry the corpus marker (so that
+    ``-m "not corpus"`` runs without them). Tests marked gpu need CUDA; without it they are
+    reported as skipped, never as passed."""
+    unmarked = [item.nodeid for item in items
+                if {"shared_data", "small_ptb"} & set(getattr(item, "fixturenames", ())) and "corpus" not in item.keywords]
+    if unmarked:
+        raise pytest.UsageError(f"tests that read the benchmark corpora need @pytest.mark.corpus: {', '.join(unmarked)}")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible); run on a GPU machine: pytest -m gpu")

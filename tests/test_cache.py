@@ -17,12 +17,11 @@ from awdlstm.cache import (
     model_trace,
     naive_cache_log_probs,
 )
-from awdlstm.cli import main
 from awdlstm.config import DataConfig
 from awdlstm.evaluate import evaluate
 from awdlstm.model import AWDLSTM
 from awdlstm.runtime import Runtime
-from fake_runs import fake_run, small_config, write_corpus
+from helpers import fake_run, run_cli, small_config, write_corpus
 
 
 def random_inputs(n=40, dim=6, vocab=9, seed=0):
@@ -114,12 +113,6 @@ def test_grid_search_finds_the_best_setting():
 
 
 # ---------------------------------------------------------------------------- the command
-
-
-def run_cli(capsys, *argv):
-    code = main(["-q", *map(str, argv)])
-    out = capsys.readouterr()
-    return code, out.out, out.err.strip().splitlines()
 
 
 def test_cache_command(tmp_path, capsys):

@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from awdlstm import checkpoint
 from awdlstm.checkpoint import load_checkpoint
-from awdlstm.cli import main
 from awdlstm.errors import CheckpointError
 
-from fake_runs import write_corpus
+from helpers import run_cli, train_tiny, write_corpus
 
 READERS = [  # every command that reads a run's checkpoint, and the file it reads
     (["train", "--out", "{run}", "--resume", "--no-eval"], "last.pt"),
@@ -24,11 +23,6 @@ READERS = [  # every command that reads a run's checkpoint, and the file it read
     (["generate", "{run}", "--words", "3", "--seed", "1"], "best.pt"),
     (["cache", "{run}", "--split", "valid"], "best.pt"),
 ]
-
-
-def run_cli(capsys, *argv):
-    code = main(["-q", *argv])
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def digest(run):
@@ -40,11 +34,7 @@ def trained(tmp_path_factory):
     """A tiny run trained for a few steps (the real files, the real format)."""
     root = tmp_path_factory.mktemp("ckpt")
     corpus = write_corpus(root / "corpus", lines=200)
-    run = root / "run"
-    args = ["-q", "train", "--preset", "tiny", "--data", str(corpus), "--out", str(run), "--max-steps", "4",
-            "--no-eval", "--set", "data.batch_size=4"]
-    assert main(args) == 0
-    return run
+    return train_tiny(root / "run", corpus, "--max-steps", "4", "--set", "data.batch_size=4")
 
 
 def copy_run(trained, tmp_path):
@@ -67,7 +57,7 @@ def test_every_reader_explains_a_damaged_checkpoint_and_overwrites_nothing(train
             "empty": b"", "text": b"hello world\n"}[damage]
     damage_both(run, data)
     before = digest(run)
-    code, err = run_cli(capsys, *[a.format(run=run) for a in argv])
+    code, _, err = run_cli(capsys, *[a.format(run=run) for a in argv])
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: {run / name}: ") and "use another checkpoint" in err[0], err[0]
     assert digest(run) == before
@@ -104,7 +94,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_on_resume(trained, tmp_
     other = dict(ckpt, model={k: torch.cat([v, v]) if "weight_hh" in k else v for k, v in ckpt["model"].items()})
     torch.save(other, run / "last.pt")
     before = digest(run)
-    code, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--no-eval")
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--no-eval")
     assert code == 2 and len(err) == 1
     assert err[0] == f"error: {run / 'last.pt'}: weights do not fit this model configuration: rnns.0.weight_hh_l0 " \
         "is (512, 64) in the checkpoint but (256, 64) in the model (and 2 more); the checkpoint belongs to another " \
@@ -117,7 +107,7 @@ def test_weights_that_do_not_match_their_own_config_are_refused_when_loaded(trai
     ckpt = torch.load(run / "best.pt", weights_only=True)
     ckpt["config"]["model"]["hidden_size"] += 8
     torch.save(ckpt, run / "best.pt")
-    code, err = run_cli(capsys, "evaluate", str(run))
+    code, _, err = run_cli(capsys, "evaluate", str(run))
     assert code == 2 and len(err) == 1 and "weights do not fit this model configuration: rnns.0.weight_ih_l0 is" in err[0]
 
 
@@ -129,7 +119,7 @@ def test_a_run_from_another_format_version_names_the_versions(trained, tmp_path,
         torch.save(ckpt, run / name)
     before = digest(run)
     for argv, name in READERS:
-        code, err = run_cli(capsys, *[a.format(run=run) for a in argv])
+        code, _, err = run_cli(capsys, *[a.format(run=run) for a in argv])
         assert code == 2 and len(err) == 1
         assert f"checkpoint format version {checkpoint.VERSION + 1} but this awdlstm reads version " \
                f"{checkpoint.VERSION}" in err[0] and "release that wrote it" in err[0]
@@ -144,7 +134,7 @@ def test_a_config_written_by_another_release_is_named_as_such(trained, tmp_path,
         ckpt["config"]["model"]["mixture_size"] = 3
         torch.save(ckpt, run / name)
     for argv, name in READERS:
-        code, err = run_cli(capsys, *[a.format(run=run) for a in argv])
+        code, _, err = run_cli(capsys, *[a.format(run=run) for a in argv])
         assert code == 2 and len(err) == 1
         assert f"{run / name}: its config does not fit this awdlstm" in err[0]
         assert "unknown key model.mixture_size" in err[0] and "release that wrote it" in err[0]

@@ -8,7 +8,7 @@ import pytest
 
 from awdlstm.cli import main
 from awdlstm.presets import tiny
-from fake_runs import write_corpus
+from helpers import write_corpus
 
 
 def run_cli(capsys, *argv):

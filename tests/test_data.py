@@ -20,7 +20,10 @@ from awdlstm.data import (
 )
 from awdlstm.errors import DataError
 
+from helpers import write_splits
 
+
+@pytest.mark.corpus
 @pytest.mark.parametrize(
     "name, counts",
     [("ptb", (929_589, 73_760, 82_430, 10_000)), ("wikitext-2", (2_088_628, 217_646, 245_569, 33_278))],
@@ -120,17 +123,13 @@ def test_random_start_offsets():
     assert starts == set(range(10))
 
 
-def _write_corpus(d, text="a b c\nb c\n"):
-    d.mkdir(parents=True, exist_ok=True)
-    for s in ("train", "valid", "test"):
-        (d / f"{s}.txt").write_text(text, encoding="utf-8")
-    return d
+ABC = ("a b c\nb c\n",) * 3  # the same text in train, valid and test
 
 
 def test_cache_is_keyed_by_content_not_path(tmp_path, monkeypatch):
     monkeypatch.setenv("AWDLSTM_CACHE", str(tmp_path / "cache"))
-    a = _write_corpus(tmp_path / "one")
-    b = _write_corpus(tmp_path / "two")
+    a = write_splits(tmp_path / "one", *ABC)
+    b = write_splits(tmp_path / "two", *ABC)
     load_corpus(DataConfig(name=str(a)))
     load_corpus(DataConfig(name=str(b)))
     assert len(list(cache_dir().glob("corpus-*/meta.json"))) == 1
@@ -143,19 +142,19 @@ def test_cache_is_keyed_by_content_not_path(tmp_path, monkeypatch):
 def test_corpus_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_corpus(DataConfig(name="no-such-corpus", root=str(tmp_path)))
-    d = _write_corpus(tmp_path / "c")
+    d = write_splits(tmp_path / "c", *ABC)
     (d / "valid.txt").unlink()
     with pytest.raises(DataError, match="valid.txt: missing"):
         load_corpus(DataConfig(name=str(d)))
-    e = _write_corpus(tmp_path / "e")
+    e = write_splits(tmp_path / "e", *ABC)
     (e / "train.txt").write_text("\n\n", encoding="utf-8")
     with pytest.raises(DataError, match="no words"):
         load_corpus(DataConfig(name=str(e)))
 
 
 def test_name_resolution_order(tmp_path, monkeypatch):
-    root = _write_corpus(tmp_path / "root" / "mycorp").parent
-    env = _write_corpus(tmp_path / "env" / "mycorp").parent
+    root = write_splits(tmp_path / "root" / "mycorp", *ABC).parent
+    env = write_splits(tmp_path / "env" / "mycorp", *ABC).parent
     monkeypatch.setenv("AWDLSTM_DATA", str(env))
     assert resolve_corpus("mycorp", str(root)) == root / "mycorp"
     assert resolve_corpus("mycorp", None) == env / "mycorp"
@@ -163,6 +162,6 @@ def test_name_resolution_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "root")
     assert resolve_corpus("mycorp", None).resolve() == (root / "mycorp").resolve()  # a directory here
     (tmp_path / "root" / "data").mkdir()
-    _write_corpus(tmp_path / "root" / "data" / "mycorp")
+    write_splits(tmp_path / "root" / "data" / "mycorp", *ABC)
     # ./data comes before a same-named directory in the working directory
     assert resolve_corpus("mycorp", None).resolve() == (tmp_path / "root" / "data" / "mycorp").resolve()

@@ -196,7 +196,7 @@ def test_batchify_is_a_view_and_windows_are_int64(tmp_path, monkeypatch):
 
 
 def test_the_trainer_keeps_the_training_split_a_view_of_the_map(tmp_path, monkeypatch):
-    from fake_runs import small_config
+    from helpers import small_config
 
     from awdlstm.runtime import make_runtime
     from awdlstm.train import Trainer

@@ -25,7 +25,7 @@ from awdlstm.dynamic import (
 )
 from awdlstm.evaluate import evaluate
 from awdlstm.runtime import Runtime
-from fake_runs import fake_run, write_corpus
+from helpers import fake_run, write_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -2,20 +2,7 @@
 
 import pytest
 
-from awdlstm.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main(["-q", *argv])
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, err
-
-
-def write_corpus(d, text):
-    d.mkdir(parents=True, exist_ok=True)
-    for s in ("train", "valid", "test"):
-        (d / f"{s}.txt").write_text(text, encoding="utf-8")
-    return d
+from helpers import run_cli, train_tiny, write_corpus, write_splits
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -28,14 +15,14 @@ def write_corpus(d, text):
 ])
 def test_cli_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
-    code, err = run_cli(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "X").exists()
 
 
 def test_batch_larger_than_data(capsys, tmp_path):
-    corpus = write_corpus(tmp_path / "c", "a b c\n")
-    code, err = run_cli(capsys, "train", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "r"))
+    corpus = write_splits(tmp_path / "c", "a b c\n", "a b c\n", "a b c\n")
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "r"))
     assert code == 2 and "too few for batch size 20" in err[0]
 
 
@@ -43,20 +30,18 @@ def test_corrupt_checkpoint_and_existing_run(capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes(b"\x00garbage" * 10)
-    code, err = run_cli(capsys, "evaluate", str(run))
+    code, _, err = run_cli(capsys, "evaluate", str(run))
     assert code == 2 and "not a checkpoint" in err[0] and "use another checkpoint" in err[0]
     (run / "config.json").write_text("{}")
-    code, err = run_cli(capsys, "train", "--preset", "tiny", "--out", str(run))
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--out", str(run))
     assert code == 2 and "already holds a run; pass --resume" in err[0]
     assert (run / "best.pt").read_bytes() == b"\x00garbage" * 10  # nothing overwritten
 
 
-@pytest.mark.slow
-def test_checkpoint_from_another_vocabulary(capsys, tmp_path, small_ptb):
-    run = tmp_path / "run"
-    assert main(["-q", "train", "--preset", "tiny", "--data", str(small_ptb), "--out", str(run), "--max-steps", "3", "--no-eval"]) == 0
-    other = write_corpus(tmp_path / "other", "x y z\n" * 200)
-    code, err = run_cli(capsys, "evaluate", str(run), "--data", str(other))
+def test_checkpoint_from_another_vocabulary(capsys, tmp_path):
+    run = train_tiny(tmp_path / "run", write_corpus(tmp_path / "c", lines=300), "--max-steps", "3")
+    other = write_splits(tmp_path / "other", *["x y z\n" * 200] * 3)
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--data", str(other))
     assert code == 2 and "vocabulary" in err[0]
 
 
@@ -80,3 +65,22 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     with RunLock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(__import__("os").getpid())
     assert not (tmp_path / ".lock").exists()
+
+
+def test_taking_the_run_lock_clears_the_temporary_files_of_dead_processes(tmp_path):
+    """A process killed while it saved leaves .last.pt.tmp-PID; the next training removes it,
+    and leaves alone the temporary file of a process still alive."""
+    import os
+    import subprocess
+    import sys
+
+    from awdlstm.runs import RunLock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".last.pt.tmp-{int(dead.stdout)}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".best.pt.tmp-{os.getppid()}"
+    live.write_bytes(b"being written")
+    (tmp_path / "last.pt").write_bytes(b"kept")
+    with RunLock(tmp_path):
+        assert not stale.exists() and live.exists() and (tmp_path / "last.pt").exists()

@@ -13,7 +13,7 @@ from awdlstm.cli import main
 from awdlstm.config import apply_overrides
 from awdlstm.export import train_command
 from awdlstm.presets import get_preset
-from fake_runs import fake_run, write_corpus
+from helpers import fake_run, train_tiny, write_corpus
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -106,11 +106,10 @@ def test_damaged_export(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.corpus
 def test_pipeline_on_a_trained_tiny_run(tmp_path, small_ptb, capsys):
     """Train 100 steps on real PTB text, then cache, score, generate and export it."""
-    run = tmp_path / "run"
-    assert main(["-q", "train", "--preset", "tiny", "--data", str(small_ptb), "--out", str(run),
-                 "--max-steps", "100", "--no-eval"]) == 0
+    run = train_tiny(tmp_path / "run", small_ptb, "--max-steps", "100")
     capsys.readouterr()
     assert main(["-q", "evaluate", str(run), "--split", "test", "--batch-size", "1", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)

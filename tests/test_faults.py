@@ -2,41 +2,22 @@
 that was checkpointed, and a resumed run ends where an uninterrupted one does."""
 
 import errno
-import json
 import math
 import os
-import random
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from awdlstm import checkpoint
-from awdlstm.cli import main
 from awdlstm.model import AWDLSTM
 from awdlstm.train import Trainer
 
+from helpers import checks, events, run_cli, spawn_cli, wait_for_check, wait_until
+
+pytestmark = pytest.mark.corpus
+
 TINY = ["--preset", "tiny", "--no-eval", "--set", "optim.check_every=40"]
-
-
-def run_cli(capsys, *argv):
-    code = main(["-q", *argv])
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def checks(run):
-    return [r for r in records(run) if "event" not in r and not r.get("final")]
-
-
-def events(run):
-    return [r for r in records(run) if "event" in r]
 
 
 def poison(monkeypatch, at_steps, *, where="loss"):
@@ -68,7 +49,7 @@ def test_one_nonfinite_step_rolls_back_and_halves_the_lr(tmp_path, small_ptb, mo
                                                         where, what):
     poison(monkeypatch, lambda n: n == 70, where=where)
     run = tmp_path / "run"
-    code, _ = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run), "--max-steps", "130")
+    code, _, _ = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run), "--max-steps", "130")
     assert code == 0
     (event,) = events(run)
     assert event == {"event": "nonfinite", "what": what, "at_step": 70, "step": 40, "epoch": 1,
@@ -94,7 +75,7 @@ def test_detected_at_its_step_without_a_sync_per_step(tmp_path, small_ptb, monke
     monkeypatch.setattr(Trainer, "__init__", no_sync)
     poison(monkeypatch, lambda n: n == 53)
     run = tmp_path / "run"
-    code, _ = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run), "--max-steps", "90",
+    code, _, _ = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run), "--max-steps", "90",
                       "--set", "train.log_every=25")
     assert code == 0
     (event,) = events(run)
@@ -106,7 +87,7 @@ def test_persistent_nan_stops_after_the_rollback_limit(tmp_path, small_ptb, monk
     # step 45 fails, then (rolled back to step 40) step 41, twice more
     poison(monkeypatch, lambda n: n >= 45)
     run = tmp_path / "run"
-    code, err = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run),
+    code, _, err = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run),
                         "--set", "train.max_rollbacks=2")
     assert code == 2 and err[-1].startswith("error: the training loss is not finite at step 41")
     assert "again after 2 rollback(s)" in err[-1] and "last.pt holds the good weights of step 40" in err[-1]
@@ -122,7 +103,7 @@ def test_persistent_nan_stops_after_the_rollback_limit(tmp_path, small_ptb, monk
 def test_nan_before_the_first_check_rolls_back_to_the_start(tmp_path, small_ptb, monkeypatch, capsys):
     poison(monkeypatch, lambda n: n == 3)
     run = tmp_path / "run"
-    code, _ = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run), "--max-steps", "45")
+    code, _, _ = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run), "--max-steps", "45")
     assert code == 0
     (event,) = events(run)
     assert event["step"] == 0 and event["at_step"] == 3
@@ -165,31 +146,25 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, small_pt
         return f
 
     monkeypatch.setattr(checkpoint, "open", filling_open, raising=False)
-    code, err = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run))
+    code, _, err = run_cli(capsys, "train", *TINY, "--data", str(small_ptb), "--out", str(run))
     assert code == 2 and len(err) == 1
     assert "No space left on device" in err[0] and "the previous file is intact" in err[0] and "resume" in err[0]
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
     assert torch.load(run / "last.pt", weights_only=True)["progress"]["step"] == 40
     # space freed: the run resumes from the checkpoint that survived
     monkeypatch.undo()
-    code, _ = run_cli(capsys, "train", "--out", str(run), "--resume", "--max-steps", "100", "--no-eval")
+    code, _, _ = run_cli(capsys, "train", "--out", str(run), "--resume", "--max-steps", "100", "--no-eval")
     assert code == 0 and [r["step"] for r in checks(run)] == [40, 80]
 
 
 # ---------------------------------------------------------------- other processes
 
 
-def cli(*argv):
-    return [sys.executable, "-m", "awdlstm", "-q", *argv]
-
-
 def start(run, data, *extra):
     """Start (or resume) the tiny training of run in another process."""
     if (run / "last.pt").exists():  # the saved config, one thread included, applies
-        argv = cli("train", "--out", str(run), "--resume", "--no-eval")
-    else:
-        argv = cli("train", *TINY, "--data", str(data), "--out", str(run), "--set", "train.threads=1", *extra)
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return spawn_cli("train", "--out", run, "--resume", "--no-eval")
+    return spawn_cli("train", *TINY, "--data", data, "--out", run, "--set", "train.threads=1", *extra)
 
 
 def finish(proc, timeout=300):
@@ -214,23 +189,12 @@ def same_run(a, b):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def wait_for_step(run, step, proc, timeout=120):
-    """Wait until the run has checkpointed past ``step`` (its metrics file has such a check)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if (run / "metrics.jsonl").exists() and any(r["step"] > step for r in checks(run)):
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"no check past step {step} within {timeout} s")
-
-
 @pytest.mark.slow
 def test_sigint_and_sigterm_save_print_the_resume_command_and_resume_exactly(tmp_path, small_ptb, straight):
     run = tmp_path / "run"
     for sig, after in ((signal.SIGTERM, 0), (signal.SIGINT, 80)):
         proc = start(run, small_ptb)
-        wait_for_step(run, after, proc)
+        wait_for_check(run, after, proc)
         proc.send_signal(sig)
         code, _, err = finish(proc)
         assert code == 128 + sig, err
@@ -242,23 +206,35 @@ def test_sigint_and_sigterm_save_print_the_resume_command_and_resume_exactly(tmp
     same_run(straight, run)
 
 
+def saved_step(run):
+    """The step of RUN/last.pt (replaced atomically, so never read half-written); -1 before one."""
+    try:
+        return torch.load(run / "last.pt", weights_only=True)["progress"]["step"]
+    except FileNotFoundError:
+        return -1
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, small_ptb, straight):
-    """Kill -9 at random moments (during steps, checks and saves alike), resume each time."""
+def test_sigkill_at_chosen_moments_then_resume_equals_an_uninterrupted_run(tmp_path, small_ptb, straight):
+    """Kill -9 at moments chosen from the run's own progress, so that every machine, fast or
+    slow, kills at the same points: as soon as a check is in metrics.jsonl (its last.pt save
+    under way or just done), and as soon as last.pt holds a check (training steps under
+    way); each time resume, and end as the run trained straight through."""
     run = tmp_path / "run"
-    rng = random.Random(1234)
-    kills = 0
-    for _ in range(4):
+    steps = [r["step"] for r in checks(straight)]
+    targets = steps[:-1:2]  # every other check but the last: each kill leaves the run unfinished
+    assert len(targets) >= 3, steps
+    for i, target in enumerate(targets):
         proc = start(run, small_ptb)
-        time.sleep(rng.uniform(2.0, 5.0))  # the interpreter and torch take ~2 s to start
-        if proc.poll() is not None:
-            break
+        if i % 2 == 0:
+            wait_for_check(run, target - 1, proc)
+        else:
+            wait_until(lambda: saved_step(run) >= target, f"{run / 'last.pt'} of step {target} or later", proc=proc)
         proc.kill()
         proc.wait()
-        kills += 1
+        assert proc.returncode == -signal.SIGKILL
         if (run / "last.pt").exists():  # whatever the moment, the checkpoint on disk loads
             checkpoint.load_checkpoint(run / "last.pt")
-    assert kills >= 2
     code, _, err = finish(start(run, small_ptb))
     assert code == 0, err
     same_run(straight, run)

@@ -35,7 +35,7 @@ from awdlstm.data import (
 )
 from awdlstm.errors import AWDLSTMError, ConfigError, DataError
 
-from test_hardening import fields
+from helpers import config_fields
 
 SPLITS = ("train", "valid", "test")
 
@@ -269,7 +269,7 @@ def test_vocab_order_round_trip_and_unknown_words(data, others, min_freq, max_vo
 
 
 
-HINTS = {(s, n): h for s, n, h in fields()}
+HINTS = {(s, n): h for s, n, h in config_fields()}
 NAMES = sorted({n for _, n in HINTS})
 
 

@@ -14,7 +14,7 @@ from awdlstm.cli import main
 from awdlstm.errors import ConfigError, DataError
 from awdlstm.generate import detokenize, encode_prompt, sample_next
 from awdlstm.score import score_lines
-from fake_runs import fake_run, write_corpus
+from helpers import cli_error, fake_run, write_corpus
 
 LINES = ["the cat sat on the mat", "", "a dog ran", "zebra the quokka", "it was a big red table and it was small",
          "the", "and and and and and and and and and and and and and and"]
@@ -97,33 +97,26 @@ def test_score_cli(run, tmp_path, capsys):
     assert out[-1].split()[:3] == ["total", "7", "1"]
 
 
-def one_line_error(capsys, *argv):
-    code = main(["-q", *map(str, argv)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 def test_score_bad_input(run, tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"the cat\nsat \xff\xfe on\n")
-    assert "bad.txt, line 2: bytes that are not UTF-8" in one_line_error(capsys, "score", run, bad)
+    assert "bad.txt, line 2: bytes that are not UTF-8" in cli_error(capsys, "score", run, bad)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert "no lines to score" in one_line_error(capsys, "score", run, empty)
-    assert "missing.txt: no such file" in one_line_error(capsys, "score", run, tmp_path / "missing.txt")
+    assert "no lines to score" in cli_error(capsys, "score", run, empty)
+    assert "missing.txt: no such file" in cli_error(capsys, "score", run, tmp_path / "missing.txt")
     good = tmp_path / "good.txt"
     good.write_text("the\n")
-    assert "--batch-size must be >= 1" in one_line_error(capsys, "score", run, good, "--batch-size", 0)
+    assert "--batch-size must be >= 1" in cli_error(capsys, "score", run, good, "--batch-size", 0)
     (tmp_path / "norun").mkdir()
-    assert "no best.pt" in one_line_error(capsys, "score", tmp_path / "norun", good)
+    assert "no best.pt" in cli_error(capsys, "score", tmp_path / "norun", good)
 
 
 def test_score_without_unk_names_the_line(tmp_path, capsys):
     run = fake_run(tmp_path / "run", write_corpus(tmp_path / "c", unk=False))
     f = tmp_path / "in.txt"
     f.write_text("the cat\nthe zebra\n")
-    msg = one_line_error(capsys, "score", run, f)
+    msg = cli_error(capsys, "score", run, f)
     assert "in.txt, line 2: word 'zebra' is not in the vocabulary" in msg
 
 
@@ -185,15 +178,15 @@ def test_generate_cli(run, capsys):
 
 
 def test_generate_bad_input(run, tmp_path, capsys):
-    assert "--words must be >= 1" in one_line_error(capsys, "generate", run, "--words", 0)
-    assert "--temperature must be > 0" in one_line_error(capsys, "generate", run, "--temperature", 0)
-    assert "--top-k must be >= 1" in one_line_error(capsys, "generate", run, "--top-k", 0)
-    assert "--top-p must be in (0, 1]" in one_line_error(capsys, "generate", run, "--top-p", 1.5)
+    assert "--words must be >= 1" in cli_error(capsys, "generate", run, "--words", 0)
+    assert "--temperature must be > 0" in cli_error(capsys, "generate", run, "--temperature", 0)
+    assert "--top-k must be >= 1" in cli_error(capsys, "generate", run, "--top-k", 0)
+    assert "--top-p must be in (0, 1]" in cli_error(capsys, "generate", run, "--top-p", 1.5)
     no_unk = fake_run(tmp_path / "run2", write_corpus(tmp_path / "c2", unk=False))
-    msg = one_line_error(capsys, "generate", no_unk, "--prompt", "zebra")
+    msg = cli_error(capsys, "generate", no_unk, "--prompt", "zebra")
     assert "prompt: word 'zebra' is not in the vocabulary, which has no <unk>" in msg
     (tmp_path / "norun").mkdir()
-    assert "no best.pt" in one_line_error(capsys, "generate", tmp_path / "norun")
+    assert "no best.pt" in cli_error(capsys, "generate", tmp_path / "norun")
 
 
 def test_api_rejects_bad_values(lm, tmp_path):

@@ -3,7 +3,6 @@
 values, checked through the Python API and the CLI. The config checks are generated from
 the dataclasses, so a new field is covered (or fails here) without editing this file."""
 
-import dataclasses
 import json
 import logging
 import math
@@ -21,27 +20,9 @@ from awdlstm.config import SECTIONS, Config, DataConfig, apply_overrides
 from awdlstm.data import EOS, UNK, batchify, bptt_windows, load_corpus, read_lines, resolve_corpus, tokenize
 from awdlstm.errors import ConfigError, DataError
 from awdlstm.presets import get_preset
-from fake_runs import fake_run
+from helpers import cli_error, config_fields, fake_run, write_splits
 
 SPLITS = ("train", "valid", "test")
-
-
-def write_corpus(d, train="a b c\nb c d\n", valid="a b\n", test="c d\n", *, binary=False):
-    d.mkdir(parents=True, exist_ok=True)
-    for split, text in zip(SPLITS, (train, valid, test)):
-        if binary:
-            (d / f"{split}.txt").write_bytes(text)
-        else:
-            (d / f"{split}.txt").write_text(text, encoding="utf-8")
-    return d
-
-
-def cli_error(capsys, *argv):
-    """The one line a failing command prints, after checking it failed the documented way."""
-    code = main(["-q", *map(str, argv)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
-    return err[0]
 
 
 # ---------------------------------------------------------------------------- corpora
@@ -49,7 +30,7 @@ def cli_error(capsys, *argv):
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_a_missing_split_file_is_named(tmp_path, split):
-    d = write_corpus(tmp_path / "c")
+    d = write_splits(tmp_path / "c")
     (d / f"{split}.txt").unlink()
     with pytest.raises(DataError, match=rf"{split}.txt: missing; a corpus directory needs train.txt, valid.txt and test.txt"):
         load_corpus(DataConfig(name=str(d)))
@@ -68,7 +49,7 @@ def test_a_missing_directory_says_what_a_corpus_is(tmp_path):
     ("test", "test.txt: empty; every split needs at least one line of text"),
 ])
 def test_an_empty_split_is_refused_before_training(tmp_path, split, message):
-    d = write_corpus(tmp_path / "c")
+    d = write_splits(tmp_path / "c")
     (d / f"{split}.txt").write_bytes(b"")
     with pytest.raises(DataError, match=message):
         load_corpus(DataConfig(name=str(d)))
@@ -77,13 +58,13 @@ def test_an_empty_split_is_refused_before_training(tmp_path, split, message):
 def test_blank_lines_only(tmp_path):
     """Train needs words; valid and test of blank lines are <eos> tokens to predict, but a
     single blank line is nothing to predict (it would fail only after training)."""
-    d = write_corpus(tmp_path / "c", train="\n \n\t\n")
+    d = write_splits(tmp_path / "c", train="\n \n\t\n")
     with pytest.raises(DataError, match="no words"):
         load_corpus(DataConfig(name=str(d)))
-    d = write_corpus(tmp_path / "d", valid="\n")
+    d = write_splits(tmp_path / "d", valid="\n")
     with pytest.raises(DataError, match="valid.txt: a single blank line; every split needs"):
         load_corpus(DataConfig(name=str(d)))
-    d = write_corpus(tmp_path / "e", valid="\n\n\n")
+    d = write_splits(tmp_path / "e", valid="\n\n\n")
     corpus = load_corpus(DataConfig(name=str(d)))
     assert corpus.valid.tolist() == [corpus.vocab.eos_id] * 3
 
@@ -103,7 +84,7 @@ def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, data, line):
 
 
 def test_not_utf8_in_a_corpus_names_the_split(tmp_path):
-    d = write_corpus(tmp_path / "c", "a b\n".encode(), "a\nb \xe9\n".encode("latin-1"), b"a\n", binary=True)
+    d = write_splits(tmp_path / "c", "a b\n".encode(), "a\nb \xe9\n".encode("latin-1"), b"a\n")
     with pytest.raises(DataError, match=r"valid.txt, line 2: bytes that are not UTF-8"):
         load_corpus(DataConfig(name=str(d)))
 
@@ -125,7 +106,7 @@ def test_windows_and_old_mac_line_endings_give_the_same_corpus(tmp_path):
     corpora = {}
     for name, ending in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
         text = lf.replace("\n", ending)
-        corpora[name] = load_corpus(DataConfig(name=str(write_corpus(tmp_path / name, text, text, text))))
+        corpora[name] = load_corpus(DataConfig(name=str(write_splits(tmp_path / name, text, text, text))))
     for name in ("crlf", "cr"):
         assert corpora[name].vocab.itos == corpora["lf"].vocab.itos
         for split in SPLITS:
@@ -154,7 +135,7 @@ def test_a_50_mb_line_loads_in_seconds_and_lean(tmp_path):
     words = [f"w{i}" for i in range(5000)]
     chunk = " ".join(words[(i * 7919) % 5000] for i in range(200_000)) + " "  # 1.2 MB
     reps = 50_000_000 // len(chunk) + 1
-    d = write_corpus(tmp_path / "big", valid="w1 w2\n", test="w3\n")
+    d = write_splits(tmp_path / "big", valid="w1 w2\n", test="w3\n")
     with open(d / "train.txt", "w", encoding="utf-8") as f:
         for _ in range(reps):
             f.write(chunk)
@@ -182,7 +163,7 @@ def test_a_50_mb_line_loads_in_seconds_and_lean(tmp_path):
 
 
 def test_corpus_smaller_than_one_batch_names_the_setting(tmp_path):
-    corpus = load_corpus(DataConfig(name=str(write_corpus(tmp_path / "c"))))
+    corpus = load_corpus(DataConfig(name=str(write_splits(tmp_path / "c"))))
     with pytest.raises(DataError, match=r"the training split has 8 tokens, too few for batch size 20 .*"
                                         r"lower data.batch_size \(--set data.batch_size=N\) or use more text"):
         batchify(corpus.train, 20, what="training")
@@ -217,7 +198,7 @@ CORPUS_CASES = {
 @pytest.mark.parametrize("case", CORPUS_CASES)
 def test_corpus_errors_through_the_cli(capsys, tmp_path, case):
     spoil, message = CORPUS_CASES[case]
-    d = write_corpus(tmp_path / "c", "a b c\n" * 100, "a b\n" * 20, "c\n" * 20)
+    d = write_splits(tmp_path / "c", "a b c\n" * 100, "a b\n" * 20, "c\n" * 20)
     spoil(d)
     out = tmp_path / "run"
     assert message in cli_error(capsys, "train", "--preset", "tiny", "--data", d, "--out", out)
@@ -226,7 +207,7 @@ def test_corpus_errors_through_the_cli(capsys, tmp_path, case):
 
 
 def test_corpus_too_small_for_the_batch_through_the_cli(capsys, tmp_path):
-    d = write_corpus(tmp_path / "c", "a b c\n" * 100, "a b\n", "c\n")
+    d = write_splits(tmp_path / "c", "a b c\n" * 100, "a b\n", "c\n")
     out = tmp_path / "run"
     msg = cli_error(capsys, "train", "--preset", "tiny", "--data", d, "--out", out)
     assert "validation split has 3 tokens, too few for batch size 10" in msg
@@ -239,7 +220,7 @@ def test_corpus_too_small_for_the_batch_through_the_cli(capsys, tmp_path):
 
 
 def test_unknown_words_in_valid_and_test_are_counted(tmp_path, capsys):
-    d = write_corpus(tmp_path / "c", "a a b b c\n", "a zebra\nyak yak b\n", "c\n")
+    d = write_splits(tmp_path / "c", "a a b b c\n", "a zebra\nyak yak b\n", "c\n")
     corpus = load_corpus(DataConfig(name=str(d), min_freq=2))  # c is cut: the vocab has <unk>
     assert corpus.vocab.itos == [EOS, UNK, "a", "b"]
     assert corpus.unknown == {"train": 1, "valid": 3, "test": 1}
@@ -249,7 +230,7 @@ def test_unknown_words_in_valid_and_test_are_counted(tmp_path, capsys):
 
 
 def test_unknown_word_without_unk_names_file_line_and_fix(tmp_path):
-    d = write_corpus(tmp_path / "c", "a a b c\n", "a\nb\na yak\n", "a\n")
+    d = write_splits(tmp_path / "c", "a a b c\n", "a\nb\na yak\n", "a\n")
     with pytest.raises(DataError, match=r"valid.txt, line 3: word 'yak' is not in the vocabulary, which has "
                                         r"no <unk>; train with data.min_freq or data.max_vocab"):
         load_corpus(DataConfig(name=str(d)))
@@ -259,7 +240,7 @@ def test_unknown_word_without_unk_names_file_line_and_fix(tmp_path):
 
 @pytest.fixture
 def lm_and_run(tmp_path):
-    d = write_corpus(tmp_path / "c", "the cat sat\n<unk> the dog\n" * 30, "the cat\n" * 5, "the dog\n" * 5)
+    d = write_splits(tmp_path / "c", "the cat sat\n<unk> the dog\n" * 30, "the cat\n" * 5, "the dog\n" * 5)
     run = fake_run(tmp_path / "run", d)
     return LanguageModel.load(run), run
 
@@ -307,21 +288,12 @@ def test_generate_seed_out_of_range(lm_and_run, capsys):
 # ---------------------------------------------------------------------------- configuration
 
 
-def fields():
-    """(section, field name, declared type) of every config field."""
-    for section in SECTIONS:
-        cls = type(getattr(Config(), section))
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            yield section, f.name, hints[f.name]
-
-
 def base_type(hint):
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return base_type(args[0]) if type(None) in typing.get_args(hint) else typing.get_origin(hint) or hint
 
 
-ALL = [(s, n, h) for s, n, h in fields()]
+ALL = list(config_fields())
 IDS = [f"{s}.{n}" for s, n, _ in ALL]
 NUMBERS = [(s, n, h) for s, n, h in ALL if base_type(h) in (int, float, list)]
 PROBABILITIES = [(s, n) for s, n, h in ALL if n.endswith("_p")]

@@ -14,7 +14,7 @@ from awdlstm.cli import main
 from awdlstm.heads import FullHead, SampledHead, SplitHead
 from awdlstm.model import AWDLSTM
 from awdlstm.presets import tiny
-from fake_runs import write_corpus
+from helpers import write_corpus
 
 
 def small_model(head="full", **kw):

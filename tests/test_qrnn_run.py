@@ -13,7 +13,7 @@ from awdlstm.errors import ConfigError
 from awdlstm.model import AWDLSTM
 from awdlstm.presets import get_preset, tiny
 from awdlstm.qrnn import QRNNLayer
-from fake_runs import write_corpus
+from helpers import write_corpus
 
 QRNN = ["--preset", "tiny", "--set", "model.rnn=qrnn", "--set", "model.emb_size=16", "--set", "model.hidden_size=24",
         "--set", "data.batch_size=8", "--set", "data.bptt=10", "--set", "optim.check_every=8", "--no-eval"]

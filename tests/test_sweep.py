@@ -2,25 +2,26 @@
 by running the same command again, interrupted without losing anything."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from awdlstm import sweep as sweep_module
 from awdlstm.cli import main
 from awdlstm.errors import ConfigError
-from awdlstm.sweep import ABLATIONS, plan
+from awdlstm.runtime import _default_threads, available_cores
+from awdlstm.sweep import ABLATIONS, plan, run_sweep
 
-from fake_runs import write_corpus
+from helpers import metrics, spawn_cli, train_tiny, wait_until, write_corpus
 
 COMMON = ["--preset", "tiny", "--set", "optim.check_every=4", "--set", "data.batch_size=4"]
 
 
 def checks(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train_loss"], r["val_loss"]) for r in rows if "val_loss" in r and "event" not in r]
+    return [(r["step"], r["train_loss"], r["val_loss"]) for r in metrics(run) if "val_loss" in r and "event" not in r]
 
 
 def sweep(capsys, out, corpus, *extra):
@@ -63,8 +64,7 @@ def test_sweep_runs_equal_runs_trained_alone_and_continue(tmp_path, corpus, caps
     assert code == 0, io.err
     # Each of the 2 runs got one of the 2 cores; alone with one thread it gives the same numbers.
     alone = tmp_path / "alone"
-    assert main(["-q", "train", *COMMON, "--data", str(corpus), "--out", str(alone), "--seed", "2",
-                 "--set", "train.threads=1", "--max-steps", "8", "--no-eval"]) == 0
+    train_tiny(alone, corpus, *COMMON[2:], "--seed", "2", "--set", "train.threads=1", "--max-steps", "8")
     assert checks(out / "seed2") == checks(alone) and len(checks(alone)) == 2
     # The same command, no limit: both runs resume and train to the end.
     code, io = sweep(capsys, out, corpus, "--seeds", "1,2", "--jobs", "2")
@@ -96,13 +96,10 @@ def test_a_failing_run_is_named_and_the_others_finish(tmp_path, corpus, capsys):
 @pytest.mark.slow
 def test_sigterm_stops_every_run_with_a_checkpoint_and_the_sweep_continues(tmp_path, corpus):
     out = tmp_path / "sweep"
-    argv = [sys.executable, "-m", "awdlstm", "-q", "sweep", *COMMON, "--data", str(corpus), "--out", str(out),
-            "--seeds", "1,2", "--no-eval", "--set", "train.epochs=200"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not all((out / s / "last.pt").exists() for s in ("seed1", "seed2")):
-        assert proc.poll() is None and time.monotonic() - t0 < 120, proc.communicate()
-        time.sleep(0.1)
+    proc = spawn_cli("sweep", *COMMON, "--data", corpus, "--out", out, "--seeds", "1,2", "--no-eval",
+                     "--set", "train.epochs=200")
+    wait_until(lambda: all((out / s / "last.pt").exists() for s in ("seed1", "seed2")),
+               "a last.pt in both runs", proc=proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -112,3 +109,49 @@ def test_sigterm_stops_every_run_with_a_checkpoint_and_the_sweep_continues(tmp_p
         assert "stopped by SIGTERM" in log and "checkpoint saved" in log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] == "SIGTERM" and all(r["status"] == "stopped" for r in summary["runs"])
+
+
+# ---------------------------------------------------------------------------- cores
+
+
+def test_available_cores_is_the_affinity_where_the_os_has_one(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert available_cores() == 3
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert available_cores() == 6
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_process_limited_to_one_core_trains_with_one_thread():
+    probe = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+             "from awdlstm.runtime import _default_threads, available_cores;"
+             "print(available_cores(), _default_threads(), os.cpu_count())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cores, threads, _ = map(int, out.stdout.split())
+    assert (cores, threads) == (1, 1)
+    assert 1 <= _default_threads() <= available_cores()
+
+
+@pytest.mark.parametrize("allowed, parallel, threads", [({0}, 2, 1), ({0, 1, 2, 3}, 2, 2), ({0, 1, 2, 3, 4, 5}, 3, 2)])
+def test_the_sweep_divides_the_cores_it_may_run_on(tmp_path, monkeypatch, allowed, parallel, threads):
+    """The cores of the process's affinity (a container's limit), not the machine's, are
+    divided between the runs; each run is a stand-in process that ends at once."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(allowed))
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    started = []
+    real_popen = subprocess.Popen
+
+    def record(argv, **kwargs):
+        started.append(argv)
+        return real_popen([sys.executable, "-c", ""], **kwargs)
+
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", record)
+    jobs = plan("tiny", [], seeds=list(range(1, parallel + 2)))
+    run_sweep(tmp_path / "sweep", "tiny", jobs, [], parallel=parallel, device="cpu", limits=["--max-steps", "1"])
+    assert len(started) == len(jobs)
+    for argv in started:
+        assert argv[1:4] == ["-m", "awdlstm", "train"]
+        sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+        assert [s for s in sets if s.startswith("train.threads=")] == [f"train.threads={threads}"]

@@ -10,7 +10,7 @@ from awdlstm.cli import main
 from awdlstm.errors import ConfigError
 from awdlstm.runs import train_run
 
-from fake_runs import write_corpus
+from helpers import write_corpus
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

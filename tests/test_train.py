@@ -9,22 +9,14 @@ import torch
 from awdlstm.cli import main
 from awdlstm.config import Config
 
-TINY = ["--preset", "tiny", "--no-eval"]
+from helpers import metrics, train_tiny
 
-
-def train(tmp_path, out, data, *extra):
-    argv = ["-q", "train", *TINY, "--data", str(data), "--out", str(tmp_path / out), *extra]
-    assert main(argv) == 0
-    return tmp_path / out
-
-
-def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+pytestmark = pytest.mark.corpus
 
 
 @pytest.mark.slow
 def test_tiny_run_lowers_validation_perplexity_and_writes_the_run(tmp_path, small_ptb, capsys):
-    run = train(tmp_path, "run", small_ptb, "--set", "train.epochs=3")
+    run = train_tiny(tmp_path / "run", small_ptb, "--set", "train.epochs=3")
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["val_ppl"] < rows[0]["val_ppl"] < 2000  # uniform would be ~ vocabulary size
@@ -45,8 +37,8 @@ def test_tiny_run_lowers_validation_perplexity_and_writes_the_run(tmp_path, smal
 
 @pytest.mark.slow
 def test_resume_after_an_epoch_equals_straight_through(tmp_path, small_ptb):
-    straight = train(tmp_path, "straight", small_ptb, "--max-epochs", "2")
-    split = train(tmp_path, "split", small_ptb, "--max-epochs", "1")
+    straight = train_tiny(tmp_path / "straight", small_ptb, "--max-epochs", "2")
+    split = train_tiny(tmp_path / "split", small_ptb, "--max-epochs", "1")
     assert len(metrics(split)) == 1
     assert main(["-q", "train", "--out", str(split), "--resume", "--max-epochs", "2", "--no-eval"]) == 0
     a, b = metrics(straight), metrics(split)
@@ -59,8 +51,8 @@ def test_resume_mid_epoch_equals_straight_through(tmp_path, small_ptb):
     """Stopped inside an epoch (position, hidden state and generators saved), with averaging
     already running, the resumed run continues exactly."""
     extra = ["--set", "optim.average_from_epoch=0.5", "--max-epochs", "2"]
-    straight = train(tmp_path, "straight", small_ptb, *extra)
-    split = train(tmp_path, "split", small_ptb, *extra, "--max-steps", "230")
+    straight = train_tiny(tmp_path / "straight", small_ptb, *extra)
+    split = train_tiny(tmp_path / "split", small_ptb, *extra, "--max-steps", "230")
     assert torch.load(split / "last.pt", weights_only=True)["progress"]["in_epoch"]
     assert main(["-q", "train", "--out", str(split), "--resume", "--max-epochs", "2", "--no-eval"]) == 0
     a, b = metrics(straight), [r for r in metrics(split) if not r.get("final")]
@@ -71,7 +63,7 @@ def test_resume_mid_epoch_equals_straight_through(tmp_path, small_ptb):
 @pytest.mark.slow
 def test_ntasgd_switches_and_finetune_runs(tmp_path, small_ptb):
     # An absurd lr makes validation worse at once, so the trigger (n = 2 in tiny) fires.
-    run = train(tmp_path, "run", small_ptb, "--max-epochs", "4", "--set", "optim.check_every=40",
+    run = train_tiny(tmp_path / "run", small_ptb, "--max-epochs", "4", "--set", "optim.check_every=40",
                 "--set", "optim.lr=60")
     phases = [r["phase"] for r in metrics(run)]
     assert "asgd" in phases and phases[0] == "sgd"
@@ -95,7 +87,7 @@ def test_compile_trains_the_step_and_saves_the_plain_model(tmp_path, small_ptb, 
         return real(model, backend="eager", **kwargs)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    run = train(tmp_path, "run", small_ptb, "--compile", "--max-steps", "6", "--set", "optim.check_every=3")
+    run = train_tiny(tmp_path / "run", small_ptb, "--compile", "--max-steps", "6", "--set", "optim.check_every=3")
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "AWDLSTM"
     assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
     keys = list(torch.load(run / "last.pt", weights_only=True)["model"])
@@ -109,7 +101,7 @@ def test_only_training_changes_the_processes_malloc(tmp_path, small_ptb):
     import subprocess
     import sys
 
-    run = train(tmp_path, "run", small_ptb, "--max-steps", "2")
+    run = train_tiny(tmp_path / "run", small_ptb, "--max-steps", "2")
     probe = ("import sys, awdlstm.runtime as rt; from awdlstm import LanguageModel; from awdlstm.runs import train_run;"
              "LanguageModel.load(sys.argv[1]); print(rt._kept);"
              "train_run(None, sys.argv[1], resume=True, max_steps=3, final_eval=False); print(rt._kept)")

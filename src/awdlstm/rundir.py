@@ -212,12 +212,21 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
+            self._clear_stale_temporaries()
             return self
         raise ConfigError(f"could not lock {self.path.parent}; remove {self.path} if no training runs there")
 
     def __exit__(self, *exc) -> None:
         if self._owner() == os.getpid():
             self.path.unlink(missing_ok=True)
+
+    def _clear_stale_temporaries(self) -> None:
+        """Remove the half-written checkpoints (``.NAME.tmp-PID``) of a process killed while
+        it saved: with the lock held, no live training writes here."""
+        for tmp in self.path.parent.glob(".*.tmp-*"):
+            pid = tmp.name.rpartition(".tmp-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
     def _owner(self) -> int | None:
         try:

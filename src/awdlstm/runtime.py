@@ -136,10 +136,16 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
+def available_cores() -> int:
+    """The number of cores this process may run on: its CPU affinity where the OS has one
+    (a container or ``taskset`` limited to fewer cores than the machine has), else all of
+    the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _default_threads() -> int:
     """One thread per core we may run on, but no more than PyTorch's own choice."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        allowed = os.cpu_count() or 1
-    return max(1, min(allowed, torch.get_num_threads()))
+    return max(1, min(available_cores(), torch.get_num_threads()))

@@ -29,6 +29,7 @@ from .config import apply_overrides
 from .errors import ConfigError
 from .presets import get_preset
 from .rundir import RunDir
+from .runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def run_sweep(out: Path, preset: str, jobs: list[Job], common: list[str], *, par
     out = Path(out)
     _check_plan(out, preset, jobs, common)
     on_cpu = device == "cpu" or (device in (None, "auto") and not _cuda_available())
-    threads = max(1, (cpu_threads or os.cpu_count() or 1) // min(parallel, len(jobs))) if on_cpu else None
+    threads = max(1, (cpu_threads or available_cores()) // min(parallel, len(jobs))) if on_cpu else None
     env = dict(os.environ)
     if on_cpu and parallel > 1:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve the other runs
