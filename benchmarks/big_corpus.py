@@ -29,12 +29,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .common import Interval, Snapshot, hardware, versions
+from .common import Interval, Snapshot, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WT103 = {"train": 103_227_021, "valid": 217_646, "test": 245_569, "vocab": 267_735}
@@ -239,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import shutil
 
-    import torch
 
     corpus, cache = args.out / "corpus", args.out / "cache"
     a = Snapshot.now()
@@ -266,13 +264,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{memory['train_ids_file_mib']:.0f} MiB mapped; process RSS {memory['rss_after_epoch_mib']:.0f} MiB "
           f"(before the load {memory['rss_before_load_mib']:.0f} MiB, anonymous {memory['rss_anon_mib']:.0f} MiB), "
           f"peak {memory['peak_rss_mib']:.0f} MiB")
-    record = {"benchmark": "big_corpus", "argv": sys.argv[1:], "corpus": made, "generate": generate,
-              "prepare": prepare, "cached_loads": loads, "memory": memory,
-              "hardware": hardware(torch.device("cpu")), "versions": versions()}
-    args.results.mkdir(parents=True, exist_ok=True)
-    name = f"big-corpus-{args.tokens}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (args.results / name).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.results / name}")
+    path = write_result("big_corpus", {"corpus": made, "generate": generate, "prepare": prepare,
+                                       "cached_loads": loads, "memory": memory},
+                        config=None, out=args.results, tag=f"big-corpus-{args.tokens}")
+    print(f"wrote {path}")
     return 0
 
 

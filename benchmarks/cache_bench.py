@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from awdlstm.api import load_parts
-
 from awdlstm.cache import PRESETS, CacheParams, cache_log_probs, mix, model_trace, naive_cache_log_probs, preset_for
 from awdlstm.data import load_corpus
 

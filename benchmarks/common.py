@@ -68,7 +68,7 @@ class Snapshot:
     stat: tuple[int, int] | None
 
     @classmethod
-    def now(cls) -> "Snapshot":
+    def now(cls) -> Snapshot:
         return cls(time.perf_counter(), time.process_time(), _proc_stat())
 
 
@@ -84,7 +84,7 @@ class Interval:
     """CPU seconds the hypervisor took from this virtual machine meanwhile."""
 
     @classmethod
-    def between(cls, a: Snapshot, b: Snapshot) -> "Interval":
+    def between(cls, a: Snapshot, b: Snapshot) -> Interval:
         others = steal = None
         if a.stat is not None and b.stat is not None:
             busy = (b.stat[0] - a.stat[0]) / CLK_TCK

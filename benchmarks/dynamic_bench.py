@@ -15,7 +15,6 @@ to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import sys
@@ -30,7 +29,7 @@ from awdlstm.dynamic import DynamicParams, dynamic_trace, gradient_stats
 from awdlstm.evaluate import evaluate
 from awdlstm.runtime import Runtime
 
-from .common import hardware, sync, versions
+from .common import sync, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -134,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "dynamic_over_plain": best["dynamic"][0] / best["plain"][0],
         "perplexity": {"plain": math.exp(losses["plain"]), "dynamic": math.exp(losses["dynamic"])},
         "profile_dynamic": profile,
-        "hardware": hardware(device),
-        "versions": versions(),
-        "config": cfg.to_dict(),
         "vocab_size": len(vocab),
-        "command": " ".join(["python -m benchmarks.dynamic_bench", *(argv if argv is not None else sys.argv[1:])]),
     }
     print(f"plain:   {result['plain']['tokens_per_s']:,.0f} tokens/s, perplexity {result['perplexity']['plain']:.2f}")
     print(f"dynamic: {result['dynamic']['tokens_per_s']:,.0f} tokens/s, perplexity {result['perplexity']['dynamic']:.2f}")
@@ -146,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         print("dynamic evaluation, self CPU time by op: "
               + ", ".join(f"{p['op']} {p['self_cpu_share']:.0%}" for p in profile[:6]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"dynamic-{Path(cfg.data.name).name}-{args.split}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("dynamic", result, config=cfg.to_dict(), device=device, out=args.out,
+                       tag=f"dynamic-{Path(cfg.data.name).name}-{args.split}",
+                       command=" ".join(["python -m benchmarks.dynamic_bench",
+                                         *(argv if argv is not None else sys.argv[1:])]))
     print(f"wrote {out}")
     return 0
 

@@ -25,8 +25,6 @@ log2 T times the loop's) for fewer, larger operations; they are here to show whi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from awdlstm.qrnn import QRNNLayer, forget_mult
 
-from .common import Interval, Snapshot, contention, hardware, summarize_times, thread_env, versions
+from .common import Interval, Snapshot, contention, summarize_times, write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -271,14 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         fm = [bench_forget_mult(T, B, H, args.block, names, args.steps, args.rounds, threads) for T, B, H in shapes]
         lay = bench_layer(*layer, args.window, args.steps, args.rounds, threads)
     if args.write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now().astimezone()
-        path = args.out / f"{now:%Y%m%d-%H%M%S}_forget-mult_cpu.json"
-        record = {"created": now.isoformat(timespec="seconds"),
-                  "command": "python -m benchmarks.forget_mult " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "args": {k: str(v) for k, v in vars(args).items()}, "hardware": hardware(torch.device("cpu")),
-                  "versions": versions(), "thread_env": thread_env(), "forget_mult": fm, "layer": lay}
-        path.write_text(json.dumps(record, indent=1) + "\n")
+        path = write_result("forget_mult", {"args": {k: str(v) for k, v in vars(args).items()},
+                                            "forget_mult": fm, "layer": lay},
+                            config=None, out=args.out, tag="forget-mult_cpu",
+                            command="python -m benchmarks.forget_mult " + " ".join(sys.argv[1:] if argv is None else argv))
         print(f"\nwrote {path}")
     return 0
 

@@ -39,11 +39,19 @@ import torch
 from torch import nn
 
 from awdlstm.heads import HEADS, build_head, check_cutoffs, default_cutoffs
-
 from awdlstm.runtime import keep_freed_memory
 
-from .common import (Interval, Snapshot, contention, current_rss_mib, git_commit, hardware, hwm_rss_mib, max_rss_mib,
-                     reset_peak_rss, sync, versions)
+from .common import (
+    Interval,
+    Snapshot,
+    contention,
+    current_rss_mib,
+    hwm_rss_mib,
+    max_rss_mib,
+    reset_peak_rss,
+    sync,
+    write_result,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -255,13 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         "contended": contended,
         "total": total.as_dict(),
         "rusage_maxrss_mib_parent": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "hardware": hardware(device),
-        "versions": versions(),
-        "git_commit": git_commit(REPO),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{stamp}_heads_{args.device}_v{args.vocab}_bs{args.batch_size}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result["heads_config"] = result.pop("config")
+    path = write_result("heads", result, config=None, device=device, out=args.out,
+                        tag=f"heads_{args.device}_v{args.vocab}_bs{args.batch_size}",
+                        command="python -m benchmarks.heads " + " ".join(raw))
     print(f"wrote {path}")
     return 0
 

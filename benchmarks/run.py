@@ -21,7 +21,8 @@ import torch
 from awdlstm.presets import PRESETS
 
 from .common import RESULTS, measured_peak, raise_peak, step_gemms, step_lstms, theoretical_peak, write_result
-from .harness import Setup, probe_memory, memory_probe, timed_rounds, warm_up
+from .harness import Setup, memory_probe, probe_memory, timed_rounds, warm_up
+
 TARGETS = {"train": 0.95, "eval": 1.0}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

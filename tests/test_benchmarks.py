@@ -130,7 +130,7 @@ def test_big_corpus_prepares_loads_and_maps_a_tiny_corpus(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "first preparation: " in proc.stdout and "CPU-s per wall-s" in proc.stdout
-    (path,) = (tmp_path / "results").glob("big-corpus-*.json")
+    (path,) = (tmp_path / "results").glob("*_big-corpus-*.json")
     rec = json.loads(path.read_text())
     made, prep = rec["corpus"], rec["prepare"]
     assert made["tokens"]["train"] == prep["train"] == 5000  # <eos> included, as WikiText counts

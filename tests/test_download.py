@@ -204,6 +204,7 @@ def test_unknown_corpus_and_refused_download(tmp_path, server, capsys):
     assert "HTTP 404" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
+@pytest.mark.corpus
 def test_the_source_table_uses_the_sums_of_the_shared_corpora(shared_data):
     """The unpacked-file sums are those of the corpora checked into the shared data folder."""
     sums = dict(line.split()[::-1] for line in (shared_data / "SHA256SUMS").read_text().splitlines())

@@ -290,6 +290,7 @@ def test_api_dynamic_perplexity(setup):
 
 
 @pytest.mark.slow
+@pytest.mark.corpus
 def test_dynamic_evaluation_lowers_a_trained_models_test_perplexity(tmp_path, small_ptb, capsys):
     """A tiny model trained for 300 steps on real PTB text; the authors' default settings,
     the statistics from the first 3,000 training tokens (--limit caps every split)."""
