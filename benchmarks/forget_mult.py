@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from awdlstm.qrnn import QRNNLayer, forget_mult

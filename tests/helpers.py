@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fake_run, run_cli, small_config, write_corpus
 
 from awdlstm.cache import (
     CacheParams,
@@ -21,7 +22,6 @@ from awdlstm.config import DataConfig
 from awdlstm.evaluate import evaluate
 from awdlstm.model import AWDLSTM
 from awdlstm.runtime import Runtime
-from helpers import fake_run, run_cli, small_config, write_corpus
 
 
 def random_inputs(n=40, dim=6, vocab=9, seed=0):

@@ -7,14 +7,13 @@ import shutil
 
 import pytest
 import torch
+from helpers import run_cli, train_tiny, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from awdlstm import checkpoint
 from awdlstm.checkpoint import load_checkpoint
 from awdlstm.errors import CheckpointError
-
-from helpers import run_cli, train_tiny, write_corpus
 
 READERS = [  # every command that reads a run's checkpoint, and the file it reads
     (["train", "--out", "{run}", "--resume", "--no-eval"], "last.pt"),
@@ -118,7 +117,7 @@ def test_a_run_from_another_format_version_names_the_versions(trained, tmp_path,
         ckpt["version"] = checkpoint.VERSION + 1
         torch.save(ckpt, run / name)
     before = digest(run)
-    for argv, name in READERS:
+    for argv, _name in READERS:
         code, _, err = run_cli(capsys, *[a.format(run=run) for a in argv])
         assert code == 2 and len(err) == 1
         assert f"checkpoint format version {checkpoint.VERSION + 1} but this awdlstm reads version " \
@@ -133,7 +132,7 @@ def test_a_config_written_by_another_release_is_named_as_such(trained, tmp_path,
         ckpt = torch.load(run / name, weights_only=True)
         ckpt["config"]["model"]["mixture_size"] = 3
         torch.save(ckpt, run / name)
-    for argv, name in READERS:
+    for argv, _name in READERS:
         code, _, err = run_cli(capsys, *[a.format(run=run) for a in argv])
         assert code == 2 and len(err) == 1
         assert f"{run / name}: its config does not fit this awdlstm" in err[0]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import write_corpus
 
 from awdlstm.cli import main
 from awdlstm.presets import tiny
-from helpers import write_corpus
 
 
 def run_cli(capsys, *argv):

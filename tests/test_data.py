@@ -2,6 +2,7 @@ import statistics
 
 import pytest
 import torch
+from helpers import write_splits
 
 from awdlstm.config import DataConfig
 from awdlstm.data import (
@@ -19,8 +20,6 @@ from awdlstm.data import (
     tokenize,
 )
 from awdlstm.errors import DataError
-
-from helpers import write_splits
 
 
 @pytest.mark.corpus

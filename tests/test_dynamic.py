@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fake_run, write_corpus
 
 from awdlstm.api import LanguageModel, load_parts
 from awdlstm.cache import CacheParams, cache_loss, model_trace
@@ -25,7 +26,6 @@ from awdlstm.dynamic import (
 )
 from awdlstm.evaluate import evaluate
 from awdlstm.runtime import Runtime
-from helpers import fake_run, write_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,6 @@
 """Bad input ends with one line that says what to do, exit status 2, no traceback."""
 
 import pytest
-
 from helpers import run_cli, train_tiny, write_corpus, write_splits
 
 

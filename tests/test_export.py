@@ -7,13 +7,13 @@ import shlex
 
 import pytest
 import torch
+from helpers import fake_run, train_tiny, write_corpus
 
 from awdlstm import Config, LanguageModel
 from awdlstm.cli import main
 from awdlstm.config import apply_overrides
 from awdlstm.export import train_command
 from awdlstm.presets import get_preset
-from helpers import fake_run, train_tiny, write_corpus
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 

@@ -8,12 +8,11 @@ import signal
 
 import pytest
 import torch
+from helpers import checks, events, run_cli, spawn_cli, wait_for_check, wait_until
 
 from awdlstm import checkpoint
 from awdlstm.model import AWDLSTM
 from awdlstm.train import Trainer
-
-from helpers import checks, events, run_cli, spawn_cli, wait_for_check, wait_until
 
 pytestmark = pytest.mark.corpus
 
@@ -229,7 +228,7 @@ def test_sigkill_at_chosen_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         if i % 2 == 0:
             wait_for_check(run, target - 1, proc)
         else:
-            wait_until(lambda: saved_step(run) >= target, f"{run / 'last.pt'} of step {target} or later", proc=proc)
+            wait_until(lambda t=target: saved_step(run) >= t, f"{run / 'last.pt'} of step {target} or later", proc=proc)
         proc.kill()
         proc.wait()
         assert proc.returncode == -signal.SIGKILL

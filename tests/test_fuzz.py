@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import config_fields
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -34,8 +35,6 @@ from awdlstm.data import (
     tokenize,
 )
 from awdlstm.errors import AWDLSTMError, ConfigError, DataError
-
-from helpers import config_fields
 
 SPLITS = ("train", "valid", "test")
 

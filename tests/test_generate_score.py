@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import cli_error, fake_run, write_corpus
 
 from awdlstm import LanguageModel
 from awdlstm.cli import main
 from awdlstm.errors import ConfigError, DataError
 from awdlstm.generate import detokenize, encode_prompt, sample_next
 from awdlstm.score import score_lines
-from helpers import cli_error, fake_run, write_corpus
 
 LINES = ["the cat sat on the mat", "", "a dog ran", "zebra the quokka", "it was a big red table and it was small",
          "the", "and and and and and and and and and and and and and and"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from awdlstm.config import ModelConfig
-from awdlstm.model import AWDLSTM
 from awdlstm.layers import WeightDropLSTM, flat_layout
+from awdlstm.model import AWDLSTM
 from awdlstm.runtime import Runtime
 
 pytestmark = pytest.mark.gpu

@@ -13,6 +13,7 @@ import typing
 
 import pytest
 import torch
+from helpers import cli_error, config_fields, fake_run, write_splits
 
 from awdlstm import LanguageModel
 from awdlstm.cli import main
@@ -20,7 +21,6 @@ from awdlstm.config import SECTIONS, Config, DataConfig, apply_overrides
 from awdlstm.data import EOS, UNK, batchify, bptt_windows, load_corpus, read_lines, resolve_corpus, tokenize
 from awdlstm.errors import ConfigError, DataError
 from awdlstm.presets import get_preset
-from helpers import cli_error, config_fields, fake_run, write_splits
 
 SPLITS = ("train", "valid", "test")
 
@@ -84,7 +84,7 @@ def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path, data, line):
 
 
 def test_not_utf8_in_a_corpus_names_the_split(tmp_path):
-    d = write_splits(tmp_path / "c", "a b\n".encode(), "a\nb \xe9\n".encode("latin-1"), b"a\n")
+    d = write_splits(tmp_path / "c", b"a b\n", "a\nb \xe9\n".encode("latin-1"), b"a\n")
     with pytest.raises(DataError, match=r"valid.txt, line 2: bytes that are not UTF-8"):
         load_corpus(DataConfig(name=str(d)))
 

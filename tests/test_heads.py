@@ -317,7 +317,7 @@ def test_sampled_loss_matches_a_naive_reference():
     loss = SampledHead(dec, S, generator=gen).train().nll(hidden, targets)
     sampled = log_uniform_sample(S, V, generator=torch.Generator().set_state(state))
     z = dec(hidden).detach().double()  # (N, V)
-    q = lambda k: (math.log(k + 2) - math.log(k + 1)) / math.log(V + 1)  # noqa: E731
+    q = lambda k: (math.log(k + 2) - math.log(k + 1)) / math.log(V + 1)
     hits = 0
     for i in range(N):
         t = int(targets[i])

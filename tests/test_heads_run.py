@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_corpus
 
 from awdlstm import LanguageModel
 from awdlstm.cli import main
 from awdlstm.heads import FullHead, SampledHead, SplitHead
 from awdlstm.model import AWDLSTM
 from awdlstm.presets import tiny
-from helpers import write_corpus
 
 
 def small_model(head="full", **kw):

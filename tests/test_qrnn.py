@@ -121,9 +121,9 @@ def test_layer_computes_the_qrnn_formulas():
     c0 = torch.randn(1, 2, 8)
     y, (c_last, _) = m(x, (c0, x_prev))
     source = torch.cat([torch.cat([x_prev, x[:-1]]), x], dim=2)  # [x_{t-1}, x_t]
-    Z, Fg, O = (source @ m.linear.weight.T + m.linear.bias).chunk(3, dim=2)
-    c = reference(torch.sigmoid(Fg), torch.tanh(Z), c0[0])
-    torch.testing.assert_close(y, torch.sigmoid(O) * c)
+    zg, fg, og = (source @ m.linear.weight.T + m.linear.bias).chunk(3, dim=2)
+    c = reference(torch.sigmoid(fg), torch.tanh(zg), c0[0])
+    torch.testing.assert_close(y, torch.sigmoid(og) * c)
     torch.testing.assert_close(c_last, c[-1:])
     assert state[0].abs().sum() == 0 and state[1].shape == (1, 2, 6)
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import write_corpus
 
 from awdlstm import LanguageModel
 from awdlstm.cli import main
@@ -13,7 +14,6 @@ from awdlstm.errors import ConfigError
 from awdlstm.model import AWDLSTM
 from awdlstm.presets import get_preset, tiny
 from awdlstm.qrnn import QRNNLayer
-from helpers import write_corpus
 
 QRNN = ["--preset", "tiny", "--set", "model.rnn=qrnn", "--set", "model.emb_size=16", "--set", "model.hidden_size=24",
         "--set", "data.batch_size=8", "--set", "data.bptt=10", "--set", "optim.check_every=8", "--no-eval"]

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import fake_run, write_corpus
 
 import awdlstm
 from awdlstm import LanguageModel
 from awdlstm.rundir import RunDir, StopReason
 from awdlstm.runs import evaluate_checkpoint
-from helpers import fake_run, write_corpus
 
 
 def test_records_checks_trim_and_results(tmp_path):

@@ -8,14 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import metrics, spawn_cli, train_tiny, wait_until, write_corpus
 
 from awdlstm import sweep as sweep_module
 from awdlstm.cli import main
 from awdlstm.errors import ConfigError
 from awdlstm.runtime import _default_threads, available_cores
 from awdlstm.sweep import ABLATIONS, plan, run_sweep
-
-from helpers import metrics, spawn_cli, train_tiny, wait_until, write_corpus
 
 COMMON = ["--preset", "tiny", "--set", "optim.check_every=4", "--set", "data.batch_size=4"]
 

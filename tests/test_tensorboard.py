@@ -5,15 +5,14 @@ import math
 import sys
 
 import pytest
+from helpers import write_corpus
 
 from awdlstm.cli import main
 from awdlstm.errors import ConfigError
 from awdlstm.runs import train_run
 
-from helpers import write_corpus
-
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 SMALL = ["--preset", "tiny", "--no-eval", "--set", "model.emb_size=8", "--set", "model.hidden_size=12",
          "--set", "model.num_layers=2", "--set", "optim.check_every=4", "--set", "data.bptt=10"]

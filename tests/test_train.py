@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
+from helpers import metrics, train_tiny
 
 from awdlstm.cli import main
 from awdlstm.config import Config
-
-from helpers import metrics, train_tiny
 
 pytestmark = pytest.mark.corpus
 

@@ -3,8 +3,8 @@ current PyTorch."""
 
 __version__ = "0.1.0"
 
-from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from .model import AWDLSTM  # noqa: E402
-from .api import LanguageModel  # noqa: E402
+from .api import LanguageModel
+from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from .model import AWDLSTM
 
 __all__ = ["AWDLSTM", "Config", "LanguageModel", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "__version__"]

@@ -15,8 +15,8 @@ state (optimiser, averaging, generators) is read, and the training code is not i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -42,7 +42,7 @@ class LanguageModel:
         self.config = config
 
     @classmethod
-    def load(cls, path: Path | str, *, device: str | None = "cpu") -> "LanguageModel":
+    def load(cls, path: Path | str, *, device: str | None = "cpu") -> LanguageModel:
         """A run directory (its best.pt), a checkpoint file, or an export directory."""
         model, vocab, cfg, _ = load_parts(path)
         return cls(model.to(pick_device(device)), vocab, cfg)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError, DataError
@@ -44,7 +43,7 @@ class CacheParams:
     lam: float
     """Weight of the cache in the mixture (the original's ``lambdah``)."""
 
-    def validate(self) -> "CacheParams":
+    def validate(self) -> CacheParams:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigError(f"--window must be an integer >= 1, got {self.window}")
         if not (math.isfinite(self.theta) and self.theta >= 0):
@@ -69,7 +68,7 @@ class SearchGrid:
     windows: list[int] | None = None
     """None: only the window given with --window (or the preset's)."""
 
-    def validate(self, window: int) -> "SearchGrid":
+    def validate(self, window: int) -> SearchGrid:
         for w in self.windows or [window]:
             for t in self.thetas:
                 for lam in self.lambdas:

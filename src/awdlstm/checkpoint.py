@@ -96,7 +96,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no checkpoint there; train first (awdlstm train ... --out RUN)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling garbage raises anything (IndexError, KeyError, ...)
+    except Exception as err:
         raise CheckpointError(f"{path}: {_unreadable(err)}; use another checkpoint (the run's best.pt or last.pt) "
                               "or retrain") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

@@ -15,9 +15,9 @@ from .api import LanguageModel
 from .cache import SearchGrid, evaluate_cache
 from .config import DataConfig, apply_overrides, parse_value
 from .data import load_corpus, read_lines
+from .download import get as get_corpus
 from .dynamic import DEFAULT_LAMBDAS, DEFAULT_LRS, evaluate_dynamic
 from .errors import AWDLSTMError, ConfigError, DataError, TrainingError
-from .download import get as get_corpus
 from .export import export_run
 from .generate import check_sampling
 from .plot import plot_runs

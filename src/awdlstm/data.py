@@ -29,9 +29,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -295,13 +296,13 @@ class Vocab:
         return hashlib.sha256("\n".join(self.itos).encode()).hexdigest()[:16]
 
     @classmethod
-    def build(cls, tokens: list[str], min_freq: int = 1, max_vocab: int | None = None) -> "Vocab":
+    def build(cls, tokens: list[str], min_freq: int = 1, max_vocab: int | None = None) -> Vocab:
         """Specials first (<eos>, then <unk> if the corpus has it or words are cut), then
         the words by descending training count, ties in order of first occurrence."""
         return cls.from_counts(collections.Counter(tokens), min_freq, max_vocab)
 
     @classmethod
-    def from_counts(cls, counts: collections.Counter, min_freq: int = 1, max_vocab: int | None = None) -> "Vocab":
+    def from_counts(cls, counts: collections.Counter, min_freq: int = 1, max_vocab: int | None = None) -> Vocab:
         """As ``build``, from the counts of the tokens in order of first occurrence."""
         if max_vocab is not None and max_vocab < 2:
             raise ConfigError(f"data.max_vocab must be >= 2 or none, got {max_vocab}")
@@ -460,7 +461,7 @@ def load_corpus(cfg: DataConfig, *, use_cache: bool = True) -> Corpus:
     but the metadata), else read, counted and numericalised a block at a time, then cached."""
     path = resolve_corpus(cfg.name, cfg.root)
     files = {s: path / f"{s}.txt" for s in SPLITS}
-    for s, f in files.items():
+    for f in files.values():
         if not f.is_file():
             raise DataError(f"{f}: missing; a corpus directory needs train.txt, valid.txt and test.txt")
     if not use_cache:

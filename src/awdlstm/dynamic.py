@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-
 from tqdm.auto import tqdm
 
 from .cache import PRESETS, CacheParams, Trace, cache_loss, model_trace, preset_for
@@ -57,7 +55,7 @@ class DynamicParams:
     bptt: int = 5
     """Tokens per segment: one update after each."""
 
-    def validate(self) -> "DynamicParams":
+    def validate(self) -> DynamicParams:
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ConfigError(f"--lr must be >= 0, got {self.lr}")
         if not (math.isfinite(self.lam) and self.lam >= 0):
@@ -92,7 +90,7 @@ class GradStats:
         return {"rms": {n: r.cpu() for n, r in self.rms.items()}, "tokens": self.tokens, "batches": self.batches}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GradStats":
+    def from_dict(cls, d: dict) -> GradStats:
         return cls(dict(d["rms"]), int(d["tokens"]), int(d["batches"]))
 
 

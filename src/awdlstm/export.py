@@ -11,7 +11,6 @@ Needs the ``safetensors`` package (``pip install 'awdlstm[export]'``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import shutil

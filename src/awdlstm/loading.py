@@ -54,7 +54,7 @@ def load_export(path: Path | str) -> tuple[AWDLSTM, Vocab, Config]:
         raise CheckpointError(str(err)) from None
     try:
         state = st.load_file(str(path / "model.safetensors"), device="cpu")
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+    except Exception as err:
         raise CheckpointError(f"{path / 'model.safetensors'}: damaged ({str(err)[:120]})") from None
     if cfg.model.tie_weights and TIED_KEY not in state and "encoder.weight" in state:
         state[TIED_KEY] = state["encoder.weight"]

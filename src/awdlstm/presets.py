@@ -6,8 +6,8 @@ the commands of the original code's README, which differ from the paper as noted
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from .config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from .errors import ConfigError

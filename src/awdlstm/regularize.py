@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 LANE_LEVELS = 1 << 16
 """Resolution of a drop probability on the CPU: each mask element is one 16-bit lane."""
 

@@ -82,7 +82,7 @@ class RunDir:
         return self.path / "last.pt"
 
     @property
-    def finetune(self) -> "RunDir":
+    def finetune(self) -> RunDir:
         return RunDir(self.path / "finetune")
 
     # ------------------------------------------------------------------ starting
@@ -108,7 +108,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.config_file, config)
 
-    def lock(self) -> "RunLock":
+    def lock(self) -> RunLock:
         return RunLock(self.path)
 
     # ------------------------------------------------------------------ metrics.jsonl
@@ -197,7 +197,7 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".lock"
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
