@@ -11,7 +11,7 @@ Forward + backward (gradients for f, z and c0) of:
   t at once, one ``addcmul_`` per step; the gradients as whole-tensor products afterwards);
 - ``block``: time cut into blocks of ``--block`` steps, each solved at once as a small
   lower-triangular system (the coefficients prod g_i built by ``cumprod``, no division and
-  no logarithms, so it is exact), the carry passed between blocks; autograd backward;
+  no logarithms, so it is exact), the running value passed between blocks; autograd backward;
 - ``scan``: a Hillis-Steele parallel prefix over the affine maps c -> g_t c + f_t z_t
   (log2 T vectorised steps); autograd backward.
 
