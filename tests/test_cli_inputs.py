@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import pytest
 from helpers import write_corpus
 
-from awdlstm.cli import main
 from awdlstm.presets import tiny
 
 
 def run_cli(capsys, *argv):
-    code = main(["-q", *map(str, argv)])
-    err = capsys.readouterr().err.strip().splitlines()
+    code, _, err = helpers.run_cli(capsys, *argv)
     return code, err
 
 
-def train_tiny(capsys, corpus, out, *extra):
+def train_small(capsys, corpus, out, *extra):
     return run_cli(capsys, "train", "--preset", "tiny", "--data", corpus, "--out", out,
                    "--set", "model.emb_size=8", "--set", "model.hidden_size=8", "--set", "model.num_layers=1",
                    "--set", "data.bptt=8", "--set", "data.batch_size=4", "--no-eval", *extra)
@@ -54,7 +53,7 @@ def test_limits_out_of_range(tmp_path, capsys, flag, value, message):
 def test_preset_on_resume_must_be_the_runs(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c")
     out = tmp_path / "run"
-    code, _ = train_tiny(capsys, corpus, out, "--max-steps", 3)
+    code, _ = train_small(capsys, corpus, out, "--max-steps", 3)
     assert code == 0
     before = (out / "last.pt").read_bytes()
     # Another preset: refused, naming the first field that differs.
