@@ -121,3 +121,12 @@ def test_forget_mult_benchmark_compares_every_variant(tmp_path):
     for r in shape["variants"].values():
         assert r["max_abs_diff_from_plain"] < 1e-5 and r["ms_per_batch"] > 0 and "cpu_per_wall" in r
     assert set(rec["layer"]["variants"]) == {"qrnn", "lstm"} and rec["layer"]["shape"]["window"] == 2
+
+
+def test_cell_lstm_benchmark_compares_the_cell_with_the_fused_layer(tmp_path):
+    out, rec = bench(tmp_path, "cell_lstm", "--shapes", "8x16x6x2", "--steps", "1", "--rounds", "1")
+    assert rec["kind"] == "cell-lstm" and "speed ratios" in out
+    (shape,) = rec["shapes"]
+    assert set(shape["variants"]) == {"fused", "cell", "cell-rd", "cell-ln", "autograd"}
+    assert shape["ratios"]["cell_over_fused"] == pytest.approx(
+        shape["variants"]["fused"]["ms_per_batch"] / shape["variants"]["cell"]["ms_per_batch"], abs=2e-3)
