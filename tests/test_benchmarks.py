@@ -139,3 +139,10 @@ def test_big_corpus_prepares_loads_and_maps_a_tiny_corpus(tmp_path):
     assert mem["batchified_is_view_of_map"] and mem["batchified_dtype"] == "torch.int32"
     assert mem["window_tokens"] == (5000 // 80 - 1) * 80  # one whole epoch of windows
     assert mem["train_ids_file_mib"] == round(5000 * 4 / 2**20, 1)
+def test_cell_lstm_benchmark_compares_the_cell_with_the_fused_layer(tmp_path):
+    out, rec = bench(tmp_path, "cell_lstm", "--shapes", "8x16x6x2", "--steps", "1", "--rounds", "1")
+    assert rec["kind"] == "cell-lstm" and "speed ratios" in out
+    (shape,) = rec["shapes"]
+    assert set(shape["variants"]) == {"fused", "cell", "cell-rd", "cell-ln", "autograd"}
+    assert shape["ratios"]["cell_over_fused"] == pytest.approx(
+        shape["variants"]["fused"]["ms_per_batch"] / shape["variants"]["cell"]["ms_per_batch"], abs=2e-3)

@@ -50,7 +50,7 @@ def test_bad_qrnn_settings_are_one_line_errors(tmp_path, capsys):
     for override, message in (("model.qrnn_window=0", "model.qrnn_window must be > 0, got 0"),
                               ("model.zoneout_p=1", "model.zoneout_p must be in [0, 1), got 1.0"),
                               ("model.zoneout_p=-0.1", "model.zoneout_p must be in [0, 1), got -0.1"),
-                              ("model.rnn=gru", "model.rnn must be one of lstm, qrnn; got 'gru'")):
+                              ("model.rnn=gru", "model.rnn must be one of lstm, qrnn, lstm-cell; got 'gru'")):
         assert main(["-q", "train", "--preset", "tiny", "--set", override, "--out", str(tmp_path / "r")]) == 2
         assert capsys.readouterr().err.strip() == f"error: {message}"
         with pytest.raises(ConfigError):

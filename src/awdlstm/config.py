@@ -14,6 +14,10 @@ hidden_p   variational dropout between LSTM layers     ``dropouth``
 weight_p   DropConnect on hidden-to-hidden weights     ``wdrop``
 output_p   variational dropout on the last LSTM output ``dropout``
 =========  ==========================================  =============
+
+``input_weight_p``, ``recurrent_p`` and ``layer_norm`` are OpenSeq2Seq's LSTM options
+(``input_weight_keep_prob``, ``recurrent_keep_prob``, its layer-normalised cell); the last two
+need the step-by-step layer, ``model.rnn=lstm-cell`` (cell.py).
 """
 
 from __future__ import annotations
@@ -115,8 +119,15 @@ class ModelConfig:
     output_p: float = 0.4
     """Locked dropout on the last LSTM layer's output (dropout)."""
     rnn: str = "lstm"
-    """The recurrent layer, by name: lstm (the weight-dropped LSTM) or qrnn (the original
-    code's --model QRNN; weight_p is then DropConnect on its input-to-gates matrix)."""
+    """The recurrent layer, by name: lstm (the weight-dropped LSTM), qrnn (the original
+    code's --model QRNN; weight_p is then DropConnect on its input-to-gates matrix) or
+    lstm-cell (an LSTM run step by step, for recurrent_p and layer_norm; cell.py)."""
+    input_weight_p: float = 0.0
+    """LSTMs: DropConnect on the input-to-hidden matrices (OpenSeq2Seq's input_weight_keep_prob = 1 - p)."""
+    recurrent_p: float = 0.0
+    """lstm-cell: dropout on the candidate g_t before the cell, per step (OpenSeq2Seq's recurrent_keep_prob = 1 - p)."""
+    layer_norm: bool = False
+    """lstm-cell: layer-normalised gates and cell (OpenSeq2Seq's use of TF's LayerNormBasicLSTMCell)."""
     qrnn_window: int = 2
     """QRNN: how many inputs the first layer sees at each step (x_{t-1}, x_t); later layers see 1."""
     zoneout_p: float = 0.0
@@ -146,7 +157,8 @@ class ModelConfig:
 
         _finite(self)
         _positive(self, "emb_size", "hidden_size", "num_layers")
-        _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p", "zoneout_p")
+        _probability(self, "embed_p", "input_p", "hidden_p", "weight_p", "output_p", "zoneout_p",
+                     "input_weight_p", "recurrent_p")
         if self.rnn not in RNN_LAYERS:
             raise ConfigError(f"model.rnn must be one of {', '.join(RNN_LAYERS)}; got {self.rnn!r}")
         _positive(self, "qrnn_window")
@@ -156,6 +168,12 @@ class ModelConfig:
             raise ConfigError(f"model.dropout_masks must be one of locked, step; got {self.dropout_masks!r}")
         if self.embed_dropout not in ("word", "element"):
             raise ConfigError(f"model.embed_dropout must be one of word, element; got {self.embed_dropout!r}")
+        for name, on, layers in (("recurrent_p", self.recurrent_p > 0, ("lstm-cell",)),
+                                 ("layer_norm", self.layer_norm, ("lstm-cell",)),
+                                 ("input_weight_p", self.input_weight_p > 0, ("lstm", "lstm-cell"))):
+            if on and self.rnn not in layers:
+                raise ConfigError(f"model.{name} needs model.rnn={' or '.join(layers)}; the {self.rnn} "
+                                  f"layer cannot apply it")
         if self.head not in HEADS:
             raise ConfigError(f"model.head must be one of {', '.join(HEADS)}; got {self.head!r}")
         _positive(self, "num_sampled")
@@ -262,7 +280,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for section in SECTIONS:
             getattr(self, section).validate()
         return self
@@ -271,7 +289,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
         cfg = cls()
         if not isinstance(raw, dict):
             raise ConfigError(f"a config is a mapping of the sections {', '.join(SECTIONS)}; got {raw!r:.80}")

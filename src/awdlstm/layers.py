@@ -7,6 +7,10 @@ but the layer: the model and the trainer create, detach, move and save it as a t
 tensors per layer without knowing whether it is (h, c) of an LSTM or (c, x_prev) of a QRNN.
 
 ``lstm``: ``WeightDropLSTM``, the AWD-LSTM's weight-dropped LSTM (Merity et al. 2018, Sec. 2).
+``lstm-cell``: ``cell.CellLSTM``, an LSTM run step by step for what the fused kernel cannot do:
+recurrent dropout on the candidate (``model.recurrent_p``) and layer normalisation
+(``model.layer_norm``), as OpenSeq2Seq's language models use them; DropConnect on both
+matrices like ``lstm``.
 ``qrnn``: ``qrnn.QRNNLayer`` (Bradbury et al. 2017) as the original code stacks it: window
 ``model.qrnn_window`` on the first layer and 1 after, DropConnect (``model.weight_p``) on its
 input-to-gates matrix, zoneout ``model.zoneout_p`` on its forget gates.
@@ -14,11 +18,12 @@ input-to-gates matrix, zoneout ``model.zoneout_p`` on its forget gates.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .cell import CellLSTM
 from .config import ModelConfig
 from .errors import ConfigError
 from .qrnn import QRNNLayer
@@ -46,7 +51,8 @@ def build_layer(cfg: ModelConfig, input_size: int, hidden_size: int, index: int)
 
 
 class WeightDropLSTM(nn.LSTM):
-    """A single-layer ``nn.LSTM`` whose hidden-to-hidden matrix is DropConnect-ed.
+    """A single-layer ``nn.LSTM`` whose hidden-to-hidden matrix is DropConnect-ed
+    (``weight_p``), and optionally its input-to-hidden matrix too (``input_weight_p``).
 
     One mask is drawn per forward call and shared by every time step and batch element, so
     the recurrence itself is the stock fused kernel (oneDNN on CPU, cuDNN on GPU). In
@@ -64,12 +70,14 @@ class WeightDropLSTM(nn.LSTM):
     layer's weights, which the dropped matrix needs anyway.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, weight_p: float = 0.0) -> None:
+    def __init__(self, input_size: int, hidden_size: int, weight_p: float = 0.0,
+                 input_weight_p: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers=1)
         self.weight_p = weight_p
+        self.input_weight_p = input_weight_p
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
-        if not self.training or self.weight_p == 0:
+        if not self.training or (self.weight_p == 0 and self.input_weight_p == 0):
             return super().forward(input, hx)
         if input.dim() != 3:
             raise ValueError(f"WeightDropLSTM takes (T, B, F) input in training, got shape {tuple(input.shape)}")
@@ -79,8 +87,8 @@ class WeightDropLSTM(nn.LSTM):
         self.check_forward_args(input, hx, None)
         self._update_flat_weights()  # as nn.LSTM.forward: a reassigned weight is seen
         names = self._flat_weights_names  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0
-        weights = [drop_connect(w, self.weight_p, True) if name == "weight_hh_l0" else w
-                   for name, w in zip(names, self._flat_weights)]
+        drop = {"weight_hh_l0": self.weight_p, "weight_ih_l0": self.input_weight_p}
+        weights = [drop_connect(w, drop.get(name, 0.0), True) for name, w in zip(names, self._flat_weights)]
         layout = flat_layout(self._flat_weights)
         if layout is not None:
             weights = one_chunk(weights, *layout)
@@ -93,7 +101,7 @@ class WeightDropLSTM(nn.LSTM):
         return zeros, zeros.clone()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_p={self.weight_p}"
+        return f"{super().extra_repr()}, weight_p={self.weight_p}, input_weight_p={self.input_weight_p}"
 
 
 def flat_layout(params: list[Tensor]) -> tuple[list[int], int] | None:
@@ -124,10 +132,16 @@ def one_chunk(tensors: list[Tensor], offsets: list[int], size: int) -> list[Tens
 
 @register_layer("lstm")
 def _lstm(cfg: ModelConfig, input_size: int, hidden_size: int, index: int) -> nn.Module:
-    return WeightDropLSTM(input_size, hidden_size, cfg.weight_p)
+    return WeightDropLSTM(input_size, hidden_size, cfg.weight_p, cfg.input_weight_p)
 
 
 @register_layer("qrnn")
 def _qrnn(cfg: ModelConfig, input_size: int, hidden_size: int, index: int) -> nn.Module:
     window = cfg.qrnn_window if index == 0 else 1
     return QRNNLayer(input_size, hidden_size, window=window, weight_p=cfg.weight_p, zoneout_p=cfg.zoneout_p)
+
+
+@register_layer("lstm-cell")
+def _lstm_cell(cfg: ModelConfig, input_size: int, hidden_size: int, index: int) -> nn.Module:
+    return CellLSTM(input_size, hidden_size, weight_p=cfg.weight_p, input_weight_p=cfg.input_weight_p,
+                    recurrent_p=cfg.recurrent_p, layer_norm=cfg.layer_norm)
