@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--theta", type=float, help="cache softmax flatness (default: the preset's)")
     p.add_argument("--lambda-cache", type=float, help="cache weight in the mixture (default: the preset's)")
     p.add_argument("--limit", type=int, help="only the first N tokens of each split (quick checks)")
+    p.add_argument("--search-limit", type=int, help="--search on the first N tokens of the validation split only")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_data_args(p)
@@ -373,7 +374,8 @@ def cmd_dynamic_eval(args) -> int:
                            search=search, cache=args.cache, window=args.window, theta=args.theta,
                            lam_cache=args.lambda_cache, gradstat_tokens=args.gradstat_tokens,
                            gradstat_batch=args.gradstat_batch, device=args.device, data=args.data,
-                           data_root=args.data_root, limit=args.limit, progress=True)
+                           data_root=args.data_root, limit=args.limit, search_limit=args.search_limit,
+                           progress=True)
     if args.json:
         print(json.dumps(res))
         return 0

@@ -272,16 +272,19 @@ def evaluate_dynamic(path, split: str = "test", *, lr: float = 5e-5, lam: float 
                      window: int | None = None, theta: float | None = None, lam_cache: float | None = None,
                      gradstat_tokens: int | None = None, gradstat_batch: int = 100, device: str | None = None,
                      data: str | None = None, data_root: str | None = None, limit: int | None = None,
-                     progress: bool = False) -> dict:
+                     search_limit: int | None = None, progress: bool = False) -> dict:
     """Perplexity of ``split`` without and with dynamic evaluation (and with the cache on
     top of each, with ``cache``). With ``search`` = (lrs, lambdas), lr and lambda are first
     chosen on the validation split by the dynamic perplexity. ``limit`` keeps the first N
-    tokens of every split read, the training text of the statistics included."""
+    tokens of every split read, the training text of the statistics included; ``search_limit``
+    keeps the first N tokens of the validation split for the search only."""
     chosen = DynamicParams(lr, lam, eps, bptt).validate()
     if search is not None:
         check_grid(*search, eps, bptt)
     if limit is not None and limit < 2:
         raise ConfigError(f"--limit must be >= 2 tokens, got {limit}")
+    if search_limit is not None and (search is None or search_limit < 2):
+        raise ConfigError(f"--search-limit takes a number of tokens >= 2 with --search, got {search_limit}")
     if gradstat_tokens is not None and gradstat_tokens < 2:
         raise ConfigError(f"--gradstat-tokens must be >= 2, got {gradstat_tokens}")
     if gradstat_batch < 1:
@@ -306,6 +309,8 @@ def evaluate_dynamic(path, split: str = "test", *, lr: float = 5e-5, lam: float 
     if search is not None:
         t0 = time.perf_counter()
         valid = ids_of("valid")
+        if search_limit is not None:
+            valid = valid[:search_limit]
         rows = []
         for lr_ in search[0]:
             for lam_ in search[1]:
