@@ -182,7 +182,7 @@ class Ours(Contender):
             self.eval_state = model.init_state(inputs.size(1))
         with self.rt.autocast():
             out = model(inputs, self.eval_state)
-        loss = F.cross_entropy(out.logits.float().view(-1, out.logits.size(-1)), targets.reshape(-1), reduction="sum")
+        loss = model.loss(out, targets, reduction="sum")
         self.last_loss = loss.double() / targets.numel()
         self.eval_state = detach_state(out.state)
 
