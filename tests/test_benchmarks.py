@@ -146,3 +146,12 @@ def test_cell_lstm_benchmark_compares_the_cell_with_the_fused_layer(tmp_path):
     assert set(shape["variants"]) == {"fused", "cell", "cell-rd", "cell-ln", "autograd"}
     assert shape["ratios"]["cell_over_fused"] == pytest.approx(
         shape["variants"]["fused"]["ms_per_batch"] / shape["variants"]["cell"]["ms_per_batch"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_layers_compares_presets_side_by_side(tmp_path):
+    out, rec = bench(tmp_path, "layers", "--presets", "tiny,tiny", "--steps", "1", "--rounds", "1",
+                     "--batch-size", "4", "--bptt", "8")
+    assert rec["kind"] == "layers" and set(rec["rows"]) == {"tiny"}
+    row = rec["rows"]["tiny"]
+    assert row["train"]["tokens_per_s"] > 0 and row["eval"]["tokens_per_s_over_first"] == 1.0
