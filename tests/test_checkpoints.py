@@ -132,7 +132,7 @@ def test_a_config_written_by_another_release_is_named_as_such(trained, tmp_path,
         ckpt = torch.load(run / name, weights_only=True)
         ckpt["config"]["model"]["mixture_size"] = 3
         torch.save(ckpt, run / name)
-    for argv, _name in READERS:
+    for argv, name in READERS:
         code, _, err = run_cli(capsys, *[a.format(run=run) for a in argv])
         assert code == 2 and len(err) == 1
         assert f"{run / name}: its config does not fit this awdlstm" in err[0]
