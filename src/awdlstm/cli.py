@@ -324,7 +324,7 @@ def cmd_data(args) -> int:
 def cmd_presets(args) -> int:
     for name, fn in PRESETS.items():
         doc = (fn.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:14s} {doc}")
+        print(f"{name:18s} {doc}")
     return 0
 
 
