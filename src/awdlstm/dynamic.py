@@ -152,7 +152,7 @@ def gradient_stats(model: AWDLSTM, ids: Tensor, *, batch_size: int = 100, bptt: 
                         f"in {batch_size} streams; lower --gradstat-batch or read more training text")
     work = without_dropout(model)
     device = next(work.parameters()).device
-    source = ids[: rows * batch_size].view(batch_size, rows).t().to(device)  # (rows, B), as batchify
+    source = ids[: rows * batch_size].view(batch_size, rows).t().to(device, torch.long)  # (rows, B), as batchify
     names, params = zip(*work.named_parameters())
     squares = [torch.zeros_like(p) for p in params]
     state = work.init_state(batch_size)
@@ -226,7 +226,7 @@ def dynamic_trace(model: AWDLSTM, ids: Tensor, stats: GradStats, params: Dynamic
     work = without_dropout(model)
     tensors, step = make_step(work, stats, params)
     device = tensors[0].device
-    ids = ids.to(device)
+    ids = ids.to(device, torch.long)  # corpus splits are int32
     log_probs = torch.empty(n, dtype=torch.float64, device=device)
     hidden = torch.empty(n, work.layer_sizes[-1] if keep_hidden else 0, device=device)
     state = work.init_state(1)
