@@ -96,12 +96,12 @@ class AWDLSTM(nn.Module):
     def token_nll(self, out: LMOutput, targets: Tensor) -> Tensor:
         """-log p(target) (fp32) at every position: (T, B) for targets (T, B)."""
         hidden = out.dropped_output
-        return self.head.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)).view(targets.shape)
+        return self.head.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1).long()).view(targets.shape)
 
     def loss(self, out: LMOutput, targets: Tensor, reduction: str = "mean") -> Tensor:
         """The cross-entropy of targets (T, B), fp32, mean or sum over tokens."""
         hidden = out.dropped_output
-        return self.head.loss(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1), reduction)
+        return self.head.loss(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1).long(), reduction)
 
     def log_probs(self, out: LMOutput) -> Tensor:
         """(T, B, V) fp32 log-probabilities over the whole vocabulary (builds them all)."""
