@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from awdlstm.api import load_parts
 from awdlstm.cache import PRESETS, CacheParams, cache_log_probs, mix, model_trace, naive_cache_log_probs, preset_for
 from awdlstm.data import load_corpus
+from awdlstm.loading import load_parts
 
 from .common import RESULTS, write_result
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from awdlstm.api import load_parts, resolve_device
 from awdlstm.data import batchify, load_corpus
 from awdlstm.dynamic import DynamicParams, dynamic_trace, gradient_stats
 from awdlstm.evaluate import evaluate
-from awdlstm.runtime import Runtime
+from awdlstm.loading import load_parts
+from awdlstm.runtime import Runtime, pick_device
 
 from .common import sync, write_result
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     model, vocab, cfg, _ = load_parts(args.run)
     model.to(device)
     corpus = load_corpus(cfg.data)
@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
                    for e in events[:12]]
 
     result = {
-        "benchmark": "dynamic",
         "run": str(args.run),
         "split": args.split,
         "tokens": n,

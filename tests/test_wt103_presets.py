@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
+from helpers import write_corpus
 
 from awdlstm.cli import main
 from awdlstm.presets import get_preset
-from helpers import write_corpus
 
 SCALED = ["--set", "model.emb_size=16", "--set", "model.hidden_size=24", "--set", "data.batch_size=6",
           "--set", "data.bptt=12", "--set", "model.num_sampled=8", "--set", "model.split_cutoffs=5,12",
