@@ -73,7 +73,7 @@ def test_taking_the_run_lock_clears_the_temporary_files_of_dead_processes(tmp_pa
     import subprocess
     import sys
 
-    from awdlstm.runs import RunLock
+    from awdlstm.rundir import RunLock
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".last.pt.tmp-{int(dead.stdout)}"
