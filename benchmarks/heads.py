@@ -246,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     result = {
         "benchmark": "heads",
-        "command": "python -m benchmarks.heads " + " ".join(raw),
         "time": stamp,
         "config": {"vocab": args.vocab, "emb": args.emb, "bptt": args.bptt, "batch_size": args.batch_size,
                    "tokens_per_step": n, "heads": args.head_list, "cutoffs": args.cutoff_list,

@@ -321,11 +321,12 @@ def test_every_probability_is_checked_against_its_range(section, name):
     inclusive = name == "full_bptt_p"  # a probability of a choice may be 1; of dropping, not
     rng = r"\[0, 1\]" if inclusive else r"\[0, 1\)"
     bad = ["-0.01", "1.01", "nan", "inf"] + ([] if inclusive else ["1", "1.0"])
+    layer = ["model.rnn=lstm-cell"] if name == "recurrent_p" else []  # a cell-level dropout
     for value in bad:
         with pytest.raises(ConfigError, match=rf"{section}.{name} must be (in {rng}|a finite number), got"):
-            validated(f"{section}.{name}={value}")
+            validated(*layer, f"{section}.{name}={value}")
     for value in ["0", "0.5", "0.99"] + (["1"] if inclusive else []):
-        validated(f"{section}.{name}={value}")
+        validated(*layer, f"{section}.{name}={value}")
 
 
 @pytest.mark.parametrize("section, name, hint", NUMBERS, ids=[f"{s}.{n}" for s, n, h in NUMBERS])

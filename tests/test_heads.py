@@ -394,4 +394,4 @@ def test_heads_benchmark_runs_and_records_everything(tmp_path):
         assert rec["memory"][kind]["extra_mib"] >= 0
     assert rec["ratios"]["split"]["speed_over_full"] == pytest.approx(
         rec["train"]["split"]["tokens_per_s"] / rec["train"]["full"]["tokens_per_s"], rel=1e-2)
-    assert rec["config"]["cutoffs"] == [100, 1000] and rec["hardware"] and rec["versions"]["torch"]
+    assert rec["heads_config"]["cutoffs"] == [100, 1000] and rec["hardware"] and rec["versions"]["torch"]

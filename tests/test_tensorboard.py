@@ -77,7 +77,7 @@ def test_a_custom_directory_and_the_missing_package_error(tmp_path, monkeypatch,
 
 
 def test_sweep_passes_tensorboard_to_each_run(tmp_path, monkeypatch):
-    import awdlstm.sweep
+    import awdlstm.cli
 
     seen = {}
 
@@ -85,7 +85,7 @@ def test_sweep_passes_tensorboard_to_each_run(tmp_path, monkeypatch):
         seen["limits"] = limits
         return {"runs": [], "interrupted": None}
 
-    monkeypatch.setattr(awdlstm.sweep, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(awdlstm.cli, "run_sweep", fake_run_sweep)
     assert main(["-q", "sweep", "--preset", "tiny", "--out", str(tmp_path / "s"), "--seeds", "1,2",
                  "--max-steps", "3", "--tensorboard"]) == 0
     assert seen["limits"] == ["--max-steps", "3", "--tensorboard"]
