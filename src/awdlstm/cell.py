@@ -36,7 +36,7 @@ same initialisation uniform(-1/sqrt(H), 1/sqrt(H))).
   forget bias of 1 after the forget gate's normalisation; here the forget gate's shift starts
   at 1 instead (the same function and gradient; the shift can move). Gains start at 1, the
   other shifts at 0. Note the two departures from Ba et al.: they normalise x W^T and h U^T
-  separately, and carry the unnormalised c_t (normalising only the tanh's input).
+  separately, and pass on the unnormalised c_t (normalising only the tanh's input).
 
 Speed: without layer norm the recurrence is one autograd function (``_LSTMRecurrence``) that
 loops over time with one ``addmm`` (h U^T) and a few element-wise ops into preallocated

@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per concern, built once and passed down.
 
 Every field can be overridden from the command line with ``--set section.field=value``;
-the value is parsed to the field's declared type. Names carry unchanged from the command
+the value is parsed to the field's declared type. Names stay unchanged from the command
 line to the code that uses them. The dropout probabilities map to the paper and to the
 flags of the original code (salesforce/awd-lstm-lm) as follows:
 
