@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from .presets import PRESETS, get_preset
 from .runs import check_limits, evaluate_checkpoint, finetune_run, train_run
 from .score import score_lines
 from .sweep import plan, run_sweep
+from .train import check_batch_for_ranks
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +39,9 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, help="stop at the first batch boundary after this many minutes (resumable)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all (resumable)")
     p.add_argument("--resume", action="store_true", help="continue the run in the directory exactly where it stopped")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel with N processes on this machine (torchrun --standalone "
+                        "--nproc-per-node N; one per GPU, or Gloo on the CPU)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-eval", action="store_true", help="skip the final valid/test evaluation")
     p.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
@@ -180,9 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    args.argv = argv
+    rank = os.environ.get("RANK", "0")
+    # Under torchrun rank 0 logs; the others say only what goes wrong, naming their rank.
+    quiet = args.quiet or rank != "0"
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(message)s" if rank == "0" else f"%(asctime)s [rank {rank}] %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args) or 0
     except AWDLSTMError as err:
@@ -196,6 +207,32 @@ def main(argv: list[str] | None = None) -> int:
 def _data_overrides(args) -> list[str]:
     """--data and --data-root as --set overrides."""
     return ([f"data.name={args.data}"] if args.data else []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+
+
+def _launch_ranks(args, batch_size: int | None = None) -> None:
+    """--nproc N: start this same command as N ranks of a one-machine torchrun job (this
+    process becomes torchrun). Does nothing under torchrun or for N = 1."""
+    if args.nproc is None or "WORLD_SIZE" in os.environ:
+        return
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be an integer >= 1, got {args.nproc}")
+    if args.nproc == 1:
+        return
+    if batch_size is not None:
+        check_batch_for_ranks(batch_size, args.nproc)
+    rest, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "awdlstm", *rest]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
 
 
 def cmd_train(args) -> int:
@@ -219,6 +256,7 @@ def cmd_train(args) -> int:
                           "--compile (only --max-epochs, --max-minutes, --max-steps, --device apply)")
     if args.out is None:
         raise ConfigError("train needs --out RUN_DIR")
+    _launch_ranks(args, cfg.data.batch_size if cfg is not None else None)
     summary = train_run(cfg, args.out, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
                         final_eval=not args.no_eval, device=args.device, max_steps=args.max_steps,
                         preset=args.preset if args.resume else None, tensorboard=args.tensorboard)
@@ -269,6 +307,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_finetune(args) -> int:
     check_limits(args.max_epochs, args.max_minutes, args.max_steps)
+    _launch_ranks(args)
     summary = finetune_run(args.run, resume=args.resume, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
                            final_eval=not args.no_eval, device=args.device, tensorboard=args.tensorboard)
     _print_summary(summary)
@@ -283,6 +322,8 @@ def _exit_status(summary: dict) -> int:
 
 
 def _print_summary(summary: dict) -> None:
+    if os.environ.get("RANK", "0") != "0":  # rank 0 reports for the job
+        return
     line = f"stopped: {summary['stopped']} at epoch {summary['epoch']}, step {summary['step']}, {summary['seconds']:.0f} s"
     print(line)
     for split in ("valid", "test"):

@@ -21,8 +21,8 @@ from .evaluate import evaluate
 from .loading import load_with_corpus
 from .presets import get_preset
 from .rundir import RunDir, StopReason
-from .runtime import Runtime, inference_runtime, keep_freed_memory, make_runtime
-from .train import Trainer, describe
+from .runtime import Runtime, env_ranks, inference_runtime, keep_freed_memory, make_runtime
+from .train import Trainer, check_batch_for_ranks, describe
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
     check_limits(max_epochs, max_minutes, max_steps)
     _check_tensorboard(tensorboard)
     run = RunDir(out)
-    run.check_start(resume)
+    if env_ranks().is_main:  # rank 0 writes the directory, so only it judges it
+        run.check_start(resume)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(run.last)
@@ -59,18 +60,19 @@ def train_run(cfg: Config | None, out: Path, *, resume: bool = False, max_epochs
     if device is not None:
         cfg.train = replace(cfg.train, device=device)
     cfg.validate()
-    runtime = _training_runtime(cfg)
-    corpus = load_corpus(cfg.data)
-    trainer = Trainer(cfg, corpus, runtime, run.path)
-    if ckpt is not None:
-        trainer.resume(ckpt, str(run.last))
-        log.info("resuming %s at epoch %d, step %d", run, trainer.progress.epoch, trainer.progress.step)
-    elif runtime.is_main:
-        run.write_config(cfg.to_dict())
-    _log_start(cfg, corpus, trainer, runtime)
-    with run.lock(), _observing(trainer, run.path, tensorboard, resumed=ckpt is not None):
-        return _fit_and_report(trainer, run, max_epochs, max_minutes, final_eval,
-                               f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
+    check_batch_for_ranks(cfg.data.batch_size, env_ranks().world_size)
+    with _training_runtime(cfg) as runtime:
+        corpus = load_corpus(cfg.data)
+        trainer = Trainer(cfg, corpus, runtime, run.path)
+        if ckpt is not None:
+            trainer.resume(ckpt, str(run.last))
+            log.info("resuming %s at epoch %d, step %d", run, trainer.progress.epoch, trainer.progress.step)
+        elif runtime.is_main:
+            run.write_config(cfg.to_dict())
+        _log_start(cfg, corpus, trainer, runtime)
+        with _locked(run, runtime), _observing(trainer, run.path, tensorboard, resumed=ckpt is not None):
+            return _fit_and_report(trainer, run, max_epochs, max_minutes, final_eval,
+                                   f"awdlstm train --out {shlex.quote(str(out))} --resume", max_steps)
 
 
 def _check_same_preset(cfg: Config, preset: str) -> None:
@@ -96,7 +98,8 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
     _check_tensorboard(tensorboard)
     parent = RunDir(run)
     out = parent.finetune
-    out.check_start(resume, f"continue it with: awdlstm finetune {parent} --resume")
+    if env_ranks().is_main:
+        out.check_start(resume, f"continue it with: awdlstm finetune {parent} --resume")
     src_path = out.last if resume else parent.best
     src = load_checkpoint(src_path)
     cfg = checkpoint_config(src, src_path)
@@ -105,22 +108,24 @@ def finetune_run(run: Path, *, resume: bool = False, max_epochs: int | None = No
     cfg.validate()
     if cfg.optim.optimizer != "sgd":
         raise ConfigError("fine-tuning is averaged SGD; this run used optim.optimizer=adam")
-    runtime = _training_runtime(cfg)
-    corpus = load_corpus(cfg.data)
-    trainer = Trainer(cfg, corpus, runtime, out.path, finetune=True)
-    if resume:
-        trainer.resume(src, str(src_path))
-    else:
-        if src["vocab"] != corpus.vocab.itos:
-            raise CheckpointError(f"{parent.best} was trained on another vocabulary than {corpus.path}")
-        load_weights(trainer.model, src.get("model"), str(src_path))
-        out.write_config(cfg.to_dict())
-        trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
-        trainer.save_best(trainer.progress.best_val_loss)
-    _log_start(cfg, corpus, trainer, runtime)
-    with out.lock(), _observing(trainer, out.path, tensorboard, resumed=resume):
-        return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
-                               f"awdlstm finetune {shlex.quote(str(parent))} --resume")
+    check_batch_for_ranks(cfg.data.batch_size, env_ranks().world_size)
+    with _training_runtime(cfg) as runtime:
+        corpus = load_corpus(cfg.data)
+        trainer = Trainer(cfg, corpus, runtime, out.path, finetune=True)
+        if resume:
+            trainer.resume(src, str(src_path))
+        else:
+            if src["vocab"] != corpus.vocab.itos:
+                raise CheckpointError(f"{parent.best} was trained on another vocabulary than {corpus.path}")
+            load_weights(trainer.model, src.get("model"), str(src_path))
+            if runtime.is_main:
+                out.write_config(cfg.to_dict())
+            trainer.progress.best_val_loss = float(src.get("val_loss", math.inf))
+            trainer.save_best(trainer.progress.best_val_loss)
+        _log_start(cfg, corpus, trainer, runtime)
+        with _locked(out, runtime), _observing(trainer, out.path, tensorboard, resumed=resume):
+            return _fit_and_report(trainer, out, max_epochs, max_minutes, final_eval,
+                                   f"awdlstm finetune {shlex.quote(str(parent))} --resume")
 
 
 def _check_tensorboard(tensorboard) -> None:
@@ -150,11 +155,21 @@ def _observing(trainer: Trainer, out: Path, tensorboard, *, resumed: bool):
         observer.close()
 
 
-def _training_runtime(cfg: Config) -> Runtime:
+@contextlib.contextmanager
+def _training_runtime(cfg: Config):
+    """The training Runtime (joining the process group under torchrun), left on exit."""
     runtime = make_runtime(cfg.train)
     if runtime.device.type == "cpu":
         keep_freed_memory()  # steps reuse the last step's memory instead of faulting in new pages
-    return runtime
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def _locked(run: RunDir, runtime: Runtime):
+    """The run directory's lock, held by the process that writes it (rank 0)."""
+    return run.lock() if runtime.is_main else contextlib.nullcontext()
 
 
 def _log_start(cfg: Config, corpus: Corpus, trainer: Trainer, runtime: Runtime) -> None:
@@ -168,6 +183,9 @@ def _fit_and_report(trainer: Trainer, run: RunDir, max_epochs, max_minutes, fina
                     max_steps: int | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     reason = trainer.fit(max_epochs=max_epochs, max_minutes=max_minutes, max_steps=max_steps)
+    if reason is not StopReason.INTERRUPTED:
+        trainer.final_check()
+    trainer.rt.close(wait=True)  # the ranks are done together; rank 0 alone evaluates best.pt
     p = trainer.progress
     summary: dict[str, Any] = {"stopped": reason.value, "epoch": p.epoch - (0 if p.in_epoch else 1), "step": p.step,
                                "seconds": round(time.perf_counter() - t0, 1)}
@@ -175,7 +193,6 @@ def _fit_and_report(trainer: Trainer, run: RunDir, max_epochs, max_minutes, fina
         summary["signal"] = trainer.signal
         log.warning("stopped by %s after step %d; checkpoint saved. Resume with: %s", trainer.signal, p.step, resume_cmd)
         return summary
-    trainer.final_check()
     if not reason.complete:
         log.info("stopped (%s) after step %d; resume with: %s", reason, p.step, resume_cmd)
     if final_eval and trainer.rt.is_main and run.best.exists():

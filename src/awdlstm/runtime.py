@@ -1,5 +1,12 @@
 """Device, precision and ranks: decided once, then passed to the loop, which never
-branches on the device."""
+branches on the device.
+
+Ranks come from the environment ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR/PORT). With more than one, ``make_runtime`` joins the process
+group (NCCL on CUDA, Gloo on the CPU) and puts each process on its ``LOCAL_RANK`` GPU; the
+Runtime then offers the few collectives training needs: an agreed flag, a sum, a barrier and
+a gather of picklable values.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import platform
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from .config import TrainConfig
 from .errors import ConfigError
@@ -27,6 +35,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     scaler: torch.amp.GradScaler = field(init=False)
+    owns_group: bool = False
+    """True when make_runtime started the process group (and ``close`` ends it)."""
 
     def __post_init__(self) -> None:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -35,6 +45,47 @@ class Runtime:
     def is_main(self) -> bool:
         """Only this process logs, shows progress and writes files."""
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def agree(self, *flags: int) -> list[int]:
+        """Each flag's largest value over all ranks (one small all_reduce); the flags as
+        they are in a single process. Every rank must call it at the same point."""
+        if not self.distributed:
+            return list(flags)
+        t = torch.tensor(flags, dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over all ranks, in place (a no-op in a single process)."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def gather(self, value) -> list:
+        """Every rank's ``value`` (picklable; tensors on the CPU), in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self, *, wait: bool = False) -> None:
+        """Leave the process group this Runtime joined; with ``wait``, once every rank is
+        here (after an error, without waiting: a rank that waited on the others could hang)."""
+        if self.owns_group and dist.is_initialized():
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
+        self.owns_group = False
+        self.world_size = 1  # no more collectives; the rank stays (only rank 0 writes)
 
     def autocast(self):
         """Mixed precision for the forward pass; a no-op in fp32."""
@@ -90,17 +141,78 @@ def _check_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 outside one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def env_ranks() -> Ranks:
+    """The ranks torchrun put in the environment; a clear error when they make no sense."""
+    values = {}
+    for name in _RANK_VARS:
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise ConfigError(f"the environment variable {name}={raw!r} is not an integer; "
+                              "launch data-parallel training with torchrun") from None
+    world = values.get("WORLD_SIZE", 1)
+    rank = values.get("RANK", 0)
+    local_world = values.get("LOCAL_WORLD_SIZE", world)
+    local_rank = values.get("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world or not 0 <= local_rank < max(1, local_world):
+        raise ConfigError(f"RANK={rank} LOCAL_RANK={local_rank} WORLD_SIZE={world} are not a valid rank set; "
+                          "launch data-parallel training with torchrun")
+    return Ranks(rank, world, local_rank, local_world)
+
+
+def rank_env_names() -> tuple[str, ...]:
+    """The variables that make a process a rank of a torchrun job (a sweep's runs drop them)."""
+    return (*_RANK_VARS, "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+            "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "GROUP_WORLD_SIZE")
+
+
 def make_runtime(cfg: TrainConfig) -> Runtime:
     """The training process's Runtime: also sets the process's thread count and lets cuDNN
-    pick its fastest kernels (training owns its process; inference uses inference_runtime)."""
+    pick its fastest kernels (training owns its process; inference uses inference_runtime).
+    Under torchrun with several ranks it joins the process group: NCCL on CUDA (each rank
+    on its LOCAL_RANK GPU), Gloo on the CPU."""
+    ranks = env_ranks()
     device = pick_device(cfg.device)
+    if ranks.world_size > 1 and device.type == "cuda" and device.index is None:
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {ranks.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                              "start at most one process per GPU (--nproc-per-node)")
+        device = torch.device("cuda", ranks.local_rank)
     precision = _check_precision(cfg.precision, device)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-    torch.set_num_threads(cfg.threads or _default_threads())
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Runtime(device, precision, rank, world)
+    torch.set_num_threads(cfg.threads or _default_threads(ranks.local_world_size))
+    runtime = Runtime(device, precision, ranks.rank, ranks.world_size)
+    if ranks.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        except ValueError as err:  # MASTER_ADDR or MASTER_PORT missing: not started by torchrun
+            raise ConfigError(f"WORLD_SIZE is {ranks.world_size} but the process group cannot start ({err}); "
+                              "launch data-parallel training with torchrun") from None
+        runtime.owns_group = True
+    return runtime
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
@@ -146,6 +258,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _default_threads() -> int:
-    """One thread per core we may run on, but no more than PyTorch's own choice."""
-    return max(1, min(available_cores(), torch.get_num_threads()))
+def _default_threads(processes: int = 1) -> int:
+    """The cores we may run on shared among this machine's ``processes`` ranks, but no more
+    threads than PyTorch's own choice (torchrun sets OMP_NUM_THREADS=1 for several ranks)."""
+    return max(1, min(available_cores() // max(1, processes), torch.get_num_threads()))

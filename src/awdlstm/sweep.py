@@ -29,7 +29,7 @@ from .config import apply_overrides
 from .errors import ConfigError
 from .presets import get_preset
 from .rundir import RunDir
-from .runtime import available_cores
+from .runtime import available_cores, rank_env_names
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def run_sweep(out: Path, preset: str, jobs: list[Job], common: list[str], *, par
     _check_plan(out, preset, jobs, common)
     on_cpu = device == "cpu" or (device in (None, "auto") and not _cuda_available())
     threads = max(1, (cpu_threads or available_cores()) // min(parallel, len(jobs))) if on_cpu else None
-    env = dict(os.environ)
+    # Each run is one process of its own, even when the sweep was started inside a torchrun job.
+    env = {k: v for k, v in os.environ.items() if k not in rank_env_names()}
     if on_cpu and parallel > 1:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve the other runs
     pending = [j for j in jobs if not RunDir(out / j.name).finished()]

@@ -3,6 +3,16 @@
 No argparse and no globals: a Trainer gets a Config, a Corpus, a Runtime and a run
 directory. Everything it needs to continue exactly (weights, optimiser, average, trigger
 history, position in the epoch, hidden state, random generators) goes into ``last.pt``.
+
+Data-parallel (a Runtime with several ranks, under torchrun): the training split is
+batchified once for the global batch B and rank r trains streams (columns) r*B/N to
+(r+1)*B/N, so N ranks at B/N compute what one process does at B, the gradients averaged by
+DistributedDataParallel. Every rank draws the same window lengths (the sampler, seeded
+alike) and its own dropout masks (rank r > 0 reseeds the global generator with an offset).
+Validation is split over the ranks by columns and summed, so every rank sees one
+validation loss; stops (signals, the time limit, a non-finite loss) are agreed by all ranks
+at the same step; only rank 0 writes. ``last.pt`` holds the hidden state of all B streams
+and every rank's generators, so a run resumes on any number of ranks that divides B.
 """
 
 from __future__ import annotations
@@ -17,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .config import Config
 from .data import Corpus, Window, approx_batches, batchify, bptt_windows, epoch_start
-from .errors import CheckpointError, TrainingError
-from .evaluate import evaluate
+from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import EvalResult, evaluate
 from .model import AWDLSTM, State, count_parameters, detach_state
 from .optim import NTASGD, make_optimizer
 from .regularize import activation_reg, temporal_activation_reg
@@ -76,16 +87,33 @@ class Trainer:
         self.run = RunDir(run_dir)
         self.finetune = finetune
         seed = cfg.train.finetune_seed if finetune and cfg.train.finetune_seed is not None else cfg.train.seed
+        self.seed = seed
+        check_batch_for_ranks(cfg.data.batch_size, runtime.world_size)
         torch.manual_seed(seed)
         self.model = AWDLSTM(cfg.model, len(corpus.vocab)).to(runtime.device)
+        if runtime.rank > 0:  # every rank starts from the same weights, then draws its own masks
+            torch.manual_seed(rank_seed(seed, runtime.rank))
         # What the training step calls; checkpoints and the average hold the plain model.
-        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.step_model: torch.nn.Module = self.model
+        if runtime.distributed:
+            # The weight-dropped layers' raw weights are their only parameters, so every
+            # parameter gets a gradient in every step (no find_unused_parameters).
+            self.step_model = DistributedDataParallel(
+                self.model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
+        if cfg.train.compile:
+            self.step_model = torch.compile(self.step_model)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
         self.ntasgd = NTASGD(self.model, cfg.optim)
-        # The training split lives on the device once; windows are views of it.
-        self.train_data = batchify(corpus.train, cfg.data.batch_size, what="training").to(runtime.device)
-        self.valid_data = batchify(corpus.valid, cfg.data.eval_batch_size, what="validation")
+        # The training split lives on the device once; windows are views of it. A rank holds
+        # its own columns of the global batch.
+        self.columns = rank_columns(cfg.data.batch_size, runtime.rank, runtime.world_size)
+        full = batchify(corpus.train, cfg.data.batch_size, what="training")
+        self.train_data = full[:, self.columns[0]:self.columns[1]].to(runtime.device)
+        valid = batchify(corpus.valid, cfg.data.eval_batch_size, what="validation")
+        self.valid_data = valid.tensor_split(runtime.world_size, dim=1)[runtime.rank]
         self.sampler = torch.Generator().manual_seed(seed)
+        self._resumed = False
         self.progress = Progress(lr=cfg.optim.lr)
         self.state: State | None = None
         self.signal: str | None = None
@@ -111,17 +139,22 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        """Write last.pt (rank 0); with several ranks every rank must call it at the same step."""
         self.raise_if_nonfinite()
+        hidden = None if self.state is None or not self.progress.in_epoch else [[t.cpu() for t in layer] for layer in self.state]
+        parts = self.rt.gather((hidden, self.rt.rng_state()))
         if not self.rt.is_main:
             return
+        rng = {**parts[0][1], "sampler": self.sampler.get_state()}
+        if self.rt.distributed:
+            rng["ranks"] = [r for _, r in parts]
         payload = self._payload(self.model.state_dict(), "last")
         payload.update(
             optimizer=self.optimizer.state_dict(),
             ntasgd=self.ntasgd.state_dict(),
             scaler=self.rt.scaler.state_dict(),
-            hidden=None if self.state is None or not self.progress.in_epoch
-            else [[t.cpu() for t in layer] for layer in self.state],
-            rng={**self.rt.rng_state(), "sampler": self.sampler.get_state()},
+            hidden=None if hidden is None else join_states([h for h, _ in parts]),
+            rng=rng,
         )
         save_checkpoint(payload, self.run_dir / "last.pt")
 
@@ -146,7 +179,7 @@ class Trainer:
             self.ntasgd.load_state_dict(ckpt["ntasgd"])
             self.rt.scaler.load_state_dict(ckpt["scaler"])
             self.progress = Progress(**ckpt["progress"])
-            self.rt.set_rng_state(ckpt["rng"])
+            self._restore_rng(ckpt["rng"])
             self.sampler.set_state(ckpt["rng"]["sampler"])
             hidden = ckpt.get("hidden")
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -156,9 +189,30 @@ class Trainer:
             ) from None
         self.state = None
         if hidden is not None:
-            self.state = restore_state(hidden, self.rt.device)
+            state = restore_state(hidden, self.rt.device)
+            streams = state[0][0].size(1)
+            if streams != self.cfg.data.batch_size:
+                raise CheckpointError(f"{where} holds {streams} streams, the config's data.batch_size is "
+                                      f"{self.cfg.data.batch_size}; resume it with the config it was saved with")
+            self.state = [tuple(t[:, self.columns[0]:self.columns[1]] for t in layer) for layer in state]
         self._bad_step.fill_(-1)
+        self._resumed = True
         self._trim_metrics(self.progress.step)
+
+    def _restore_rng(self, rng: dict) -> None:
+        """This rank's generators; with another number of ranks than the checkpoint's, fresh
+        rank-offset ones (the masks then differ from the run that saved it)."""
+        ranks = rng.get("ranks") or [rng]
+        if len(ranks) == self.rt.world_size:
+            self.rt.set_rng_state(ranks[self.rt.rank])
+            return
+        if self.rt.rank == 0:
+            self.rt.set_rng_state(ranks[0])
+            log.warning("resuming on %d rank(s) a run last saved on %d: the streams are divided anew; the "
+                        "weights, optimiser, average, hidden state and windows continue exactly, the dropout "
+                        "masks do not", self.rt.world_size, len(ranks))
+        else:
+            torch.manual_seed(rank_seed(self.seed, self.rt.rank, self.progress.step))
 
     def _trim_metrics(self, step: int) -> None:
         if self.rt.is_main:
@@ -174,7 +228,7 @@ class Trainer:
 
     def train_step(self, win: Window) -> torch.Tensor:
         cfg, model = self.cfg, self.model
-        model.train()
+        self.step_model.train()
         if self.state is None:
             self.state = model.init_state(self.train_data.size(1))
         with self.rt.autocast():
@@ -216,7 +270,7 @@ class Trainer:
         p = self.progress
         self.raise_if_nonfinite()
         t0 = time.perf_counter()
-        res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
+        res = self.validate()
         if not math.isfinite(res.loss):
             raise NonFinite("the validation loss", p.step)
         stop = False
@@ -257,13 +311,27 @@ class Trainer:
         p.loss_sum, p.loss_tokens, p.train_seconds = 0.0, 0, 0.0
         return stop
 
+    def validate(self) -> EvalResult:
+        """The validation loss of the weights to keep; with several ranks each evaluates its
+        columns of the validation streams and the sums are added, so all see one loss."""
+        model = self.ntasgd.eval_model()
+        if not self.rt.distributed:
+            return evaluate(model, self.valid_data, self.cfg.data, self.rt)
+        total = torch.zeros(2, dtype=torch.float64, device=self.rt.device)
+        if self.valid_data.size(1) > 0:
+            res = evaluate(model, self.valid_data, self.cfg.data, self.rt)
+            total[0], total[1] = res.loss * res.tokens, res.tokens
+        self.rt.all_sum(total)
+        loss, tokens = total.tolist()
+        return EvalResult(loss / tokens, int(tokens))
+
     def final_check(self) -> None:
         """After a stop, validate the weights trained since the last check (without adding
         to the trigger's history, so a resumed run is unchanged) and keep them if better."""
         p = self.progress
         if p.loss_tokens == 0:
             return
-        res = evaluate(self.ntasgd.eval_model(), self.valid_data, self.cfg.data, self.rt)
+        res = self.validate()
         if not math.isfinite(res.loss):
             log.warning("the weights at the stop give a non-finite validation loss; best.pt is kept")
             return
@@ -301,7 +369,7 @@ class Trainer:
         p = self.progress
         if p.finished:
             return StopReason.FINISHED
-        if not (self.run_dir / "last.pt").exists():
+        if not self._resumed:
             self.save_last()  # the point to roll back to before the first check
         while self.progress.epoch <= last_epoch:
             try:
@@ -360,7 +428,7 @@ class Trainer:
                     if stop:
                         return self._finish(StopReason.CONVERGED)
                     self.save_last()
-                out_of_time = deadline is not None and time.monotonic() >= deadline
+                out_of_time = self._stop_flags(deadline)
                 out_of_steps = max_steps is not None and p.step >= max_steps
                 if self.signal or out_of_time or out_of_steps:
                     self._flush_loss(loss_acc, acc_tokens, None, now, batches)
@@ -385,20 +453,39 @@ class Trainer:
         self.save_last()
         return None
 
+    def _stop_flags(self, deadline: float | None) -> bool:
+        """Whether the time is up, and ``self.signal``: in a single process this process's
+        own; with several ranks agreed by all (a signal or the clock of any rank stops all of
+        them at the same step), each step on the CPU and at log intervals on a GPU."""
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if not self.rt.distributed:
+            return out_of_time
+        if not self._sync_each_step and self.progress.step % self.cfg.train.log_every:
+            return False
+        signum, out_of_time = self.rt.agree(int(signal.Signals[self.signal]) if self.signal else 0, int(out_of_time))
+        if signum:
+            self.signal = signal.Signals(signum).name
+        return bool(out_of_time)
+
     # ------------------------------------------------------------------ numerical trouble
 
     def raise_if_nonfinite(self) -> None:
         """Raise NonFinite if a step since the last rollback had a NaN or infinite loss or
-        gradient norm (one host sync)."""
-        step = int(self._bad_step.item())
+        gradient norm (one host sync; with several ranks, agreed by all)."""
+        step, what = int(self._bad_step.item()), int(self._bad_what.item())
+        if self.rt.distributed:
+            # The first bad step of any rank (-1: none); all ranks roll back together.
+            neg, what = self.rt.agree(-step if step >= 0 else -(1 << 62), what)
+            step = -neg if neg > -(1 << 62) else -1
         if step >= 0:
-            raise NonFinite("the training loss" if int(self._bad_what.item()) == 0 else "the gradient norm", step)
+            raise NonFinite("the training loss" if what == 0 else "the gradient norm", step)
 
     def _roll_back(self, err: NonFinite) -> None:
         """Reload last.pt and halve its learning rate; stop after train.max_rollbacks."""
         limit = self.cfg.train.max_rollbacks
         failed_lr = self.progress.lr
         count = self.progress.rollbacks + 1
+        self.rt.barrier()  # rank 0 has finished writing last.pt
         self.resume(load_checkpoint(self.run_dir / "last.pt"), str(self.run_dir / "last.pt"))
         p = self.progress
         event = {"event": "nonfinite", "what": err.what, "at_step": err.step, "step": p.step,
@@ -428,6 +515,9 @@ class Trainer:
         if acc_tokens == 0:
             return
         self.raise_if_nonfinite()
+        if self.rt.distributed:  # the loss of all B streams, as one process would sum it
+            loss_acc = self.rt.all_sum(loss_acc.detach().clone())
+            acc_tokens *= self.rt.world_size
         total = loss_acc.item()
         p = self.progress
         p.loss_sum += total
@@ -477,6 +567,40 @@ class Trainer:
     def _restore_signals(old) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def check_batch_for_ranks(batch_size: int, world_size: int) -> None:
+    """Each of N ranks trains B / N streams: B must be a multiple of N."""
+    if batch_size % world_size:
+        ranks = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
+        lower = batch_size - batch_size % world_size
+        sizes = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
+        raise ConfigError(
+            f"data.batch_size {batch_size} cannot be divided among {world_size} ranks; use a batch size that is a "
+            f"multiple of {world_size} (--set data.batch_size={sizes}) or a number of ranks that divides "
+            f"{batch_size} ({', '.join(map(str, ranks))})")
+
+
+def rank_columns(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The streams [start, stop) of the global batch that ``rank`` trains."""
+    per = batch_size // world_size
+    return rank * per, (rank + 1) * per
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The global generator's seed of rank > 0 (its dropout masks), from the run's seed,
+    the rank and, when a run resumes on another number of ranks, the step."""
+    return (seed + 1_000_003 * rank + 7_919 * step) % (1 << 63)
+
+
+def join_states(states: list) -> list | None:
+    """One state over all streams from the ranks' states (lists per layer of CPU tensors
+    whose dimension 1 is the stream)."""
+    if states[0] is None:
+        return None
+    if len(states) == 1:
+        return states[0]
+    return [[torch.cat(parts, dim=1) for parts in zip(*layers)] for layers in zip(*states)]
 
 
 def restore_state(hidden: list, device: torch.device) -> State:
