@@ -5,7 +5,8 @@
 #                                         (a few hundred steps of the tiny model, evaluated): minutes
 #   bash benchmarks/gpu.sh bench          benchmarks.run on the GPU: ptb at batch 40 and 20, fp32 and
 #                                         bf16, with torch.compile; then 1, 2, 4, 8 runs sharing the GPU
-#                                         (benchmarks.concurrent): about 15 minutes
+#                                         (benchmarks.concurrent); with several GPUs, data-parallel
+#                                         scaling at 1, 2, 4, 8 ranks (benchmarks.ddp): about 15-20 minutes
 #   bash benchmarks/gpu.sh train MINUTES  the ptb preset trained MINUTES minutes on the GPU, then
 #                                         evaluated (valid and test perplexity); the same command
 #                                         again continues the run where it stopped
@@ -121,6 +122,17 @@ bench)
     else
         run "$PY" -m benchmarks.concurrent --preset "$PRESET" --batch-size 40 --runs 1,2,4,8 --seconds 30 \
             --device "$DEVICE" --out "$RESULTS"
+        # Data-parallel weak scaling (the preset's batch on every GPU) at 1, 2, 4, 8 ranks.
+        ngpu=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+        if [ "$ngpu" -gt 1 ]; then
+            ranks=1 r=2
+            while [ "$r" -le "$ngpu" ] && [ "$r" -le 8 ]; do ranks="$ranks,$r"; r=$((r * 2)); done
+            per_rank=$("$PY" -c "from awdlstm.presets import get_preset; print(get_preset('$PRESET').data.batch_size)")
+            run "$PY" -m benchmarks.ddp --device cuda --preset "$PRESET" --ranks "$ranks" --per-rank-batch "$per_rank" \
+                --out "$RESULTS"
+        else
+            echo "one GPU: the data-parallel scaling benchmark (benchmarks.ddp) needs 2 or more" | tee -a "$log"
+        fi
     fi
     ;;
 train)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -198,6 +199,16 @@ def test_nproc_launches_ranks(capsys, corpus, tmp_path):
     assert proc.stdout.count("stopped: max steps") == 1  # rank 0 reports for the job
     ckpt = checkpoint.load_checkpoint(tmp_path / "r" / "last.pt")
     assert len(ckpt["rng"]["ranks"]) == 2 and ckpt["hidden"][0][0].size(1) == 4
+
+
+@pytest.mark.slow
+def test_finetune_on_two_ranks(two_ranks, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_ranks, run)
+    res = torchrun("finetune", run, "--max-epochs", 1, "--no-eval")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert checks(run / "finetune") and checks(run / "finetune")[0]["phase"] == "asgd"
+    assert len(checkpoint.load_checkpoint(run / "finetune" / "last.pt")["rng"]["ranks"]) == 2
 
 
 # ---------------------------------------------------------------------------- multi-node

@@ -62,3 +62,32 @@ def test_mixed_precision_step_is_finite_and_close_to_fp32(precision):
         out = model.decoder(model(tokens).dropped_output).float()
     assert torch.isfinite(out).all()
     assert (out - ref).norm() / ref.norm() < 2e-2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="data-parallel on GPUs needs 2 of them")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_two_gpu_ranks_with_nccl_match_one_gpu(precision, tmp_path):
+    """NCCL, each rank on its LOCAL_RANK GPU, under autocast (fp16 with its scaler): 2 ranks
+    at B/2 end close to one GPU at B (dropout off; cuDNN and mixed precision are not bitwise)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import checks, cli_argv, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", lines=400)
+    argv = ["train", "--preset", "tiny", "--data", corpus, "--device", "cuda", "--precision", precision,
+            "--set=data.batch_size=4", "--set=optim.check_every=10", "--max-steps", "30", "--no-eval",
+            *[f"--set=model.{p}=0" for p in ("embed_p", "input_p", "hidden_p", "weight_p", "output_p")]]
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"run{n}"
+        cmd = cli_argv(*argv, "--out", out)
+        if n == 2:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *cmd[1:]]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ})
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[n] = [c["val_loss"] for c in checks(out)]
+    assert len(runs[1]) == len(runs[2]) == 3
+    tol = 1e-4 if precision == "fp32" else 3e-2
+    assert all(abs(a - b) <= tol for a, b in zip(runs[1], runs[2])), runs
