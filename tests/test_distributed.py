@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import checks, cli_argv, cli_error, events, last_check_step, run_cli, wait_until, write_corpus
+from helpers import checks, cli_argv, cli_error, events, last_check_step, metrics, run_cli, wait_until, write_corpus
 
 from awdlstm import checkpoint
 from awdlstm.model import AWDLSTM
@@ -318,6 +318,19 @@ def test_sigterm_on_one_rank_stops_all_at_one_step(corpus, tmp_path):
     res = torchrun("train", "--out", run, "--resume", *limit, "--no-eval")
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_run(straight, run, tol=0)
+
+
+@pytest.mark.slow
+def test_time_limit_stops_every_rank_at_one_step(corpus, tmp_path):
+    """The ranks' clocks differ; the time limit is agreed, so both stop after the same step
+    and the job ends normally with a checkpoint to resume from."""
+    run = tmp_path / "run"
+    res = torchrun("train", *BASE, "--data", corpus, "--out", run, "--set=train.epochs=1000", "--max-minutes", 0.05)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "stopped: time limit" in res.stdout
+    assert saved_step(run) > 0
+    final = [r for r in metrics(run) if r.get("final")]  # the agreed stop's check, written once
+    assert len(final) <= 1 and all(r["step"] == saved_step(run) for r in final)
 
 
 def _poisoned_rank(rank: int, world: int, port: int, corpus: str, out: str, queue) -> None:
