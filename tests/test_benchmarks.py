@@ -155,3 +155,15 @@ def test_layers_compares_presets_side_by_side(tmp_path):
     assert rec["kind"] == "layers" and set(rec["rows"]) == {"tiny"}
     row = rec["rows"]["tiny"]
     assert row["train"]["tokens_per_s"] > 0 and row["eval"]["tokens_per_s_over_first"] == 1.0
+
+
+@pytest.mark.slow
+def test_ddp_times_ranks_against_one_process_and_the_communication(tmp_path):
+    out, rec = bench(tmp_path, "ddp", "--preset", "tiny", "--ranks", "1,2", "--steps", "2", "--warmup", "1",
+                     "--rounds", "1", "--set", "data.bptt=8")
+    assert rec["kind"] == "ddp" and [r["ranks"] for r in rec["rows"]] == [1, 2]
+    one, two = rec["rows"]
+    assert one["batch_per_rank"] == 20 and two["batch_per_rank"] == 10  # the same global batch, split
+    assert two["tokens_per_s"] > 0 and 0 <= two["ms_per_step_without_communication"]
+    assert "communication_share" in two and "communication_share" not in one
+    assert len(two["cpu_per_wall_per_rank"]) == 2
