@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
-from .regularize import _keep_mask, drop_connect
+from .regularize import drop_connect, keep_mask
 
 CellState = tuple[Tensor, Tensor]
 """(h, c), each (1, B, H), as the fused layer's."""
@@ -200,7 +200,7 @@ class CellLSTM(nn.Module):
         if not self.training or self.recurrent_p == 0:
             return None
         steps = 1 if self.recurrent_per_sequence else T
-        return _keep_mask(like, (steps, B, self.hidden_size), self.recurrent_p)
+        return keep_mask(like, (steps, B, self.hidden_size), self.recurrent_p)
 
     def forward(self, x: Tensor, state: CellState | None = None) -> tuple[Tensor, CellState]:
         if x.dim() != 3 or x.size(-1) != self.input_size:

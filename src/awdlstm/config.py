@@ -246,6 +246,12 @@ class TrainConfig:
     random masks break the graph and the compiled step was slower, benchmarks/README.md)."""
     threads: int = 0
     """CPU threads for PyTorch (0: one per physical core)."""
+    rank_masks: str = "global"
+    """Data-parallel dropout masks. global: every rank draws the masks of the whole global
+    batch (the same random numbers as one process) and applies its streams' part, so N ranks
+    compute exactly what one process does at the global batch; rank: each rank draws only
+    its own streams' masks from a rank-offset generator (less drawing with per-step masks at
+    large batches; the same in distribution, not in value)."""
     log_every: int = 200
     """Batches between progress-bar refreshes of the running loss."""
     max_rollbacks: int = 3
@@ -263,6 +269,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or none, got {self.max_minutes}")
+        if self.rank_masks not in ("global", "rank"):
+            raise ConfigError(f"train.rank_masks must be global or rank, got {self.rank_masks!r}")
         if self.precision not in ("fp32", "bf16", "fp16", "auto"):
             raise ConfigError(f"train.precision must be one of fp32, bf16, fp16, auto; got {self.precision!r}")
         if not 0 <= self.threads <= MAX_THREADS:

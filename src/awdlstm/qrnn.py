@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
-from .regularize import drop_connect
+from .regularize import batch_mask, drop_connect
 
 QRNNState = tuple[Tensor, Tensor]
 """(c, x_prev): c (1, B, H), the last memory; x_prev (window - 1, B, I), the last inputs."""
@@ -160,7 +160,8 @@ class QRNNLayer(nn.Module):
         z, f, o = gates.chunk(3, dim=2)
         z, f, o = torch.tanh(z), torch.sigmoid(f), torch.sigmoid(o)
         if self.training and self.zoneout_p > 0:
-            f = f * f.new_empty(f.shape).bernoulli_(1 - self.zoneout_p)  # a zeroed f_t keeps c_{t-1}
+            keep = batch_mask(f, tuple(f.shape), lambda t, sh: t.new_empty(sh).bernoulli_(1 - self.zoneout_p))
+            f = f * keep  # a zeroed f_t keeps c_{t-1}
         c = forget_mult(f, z, c0[0])  # (T, B, H)
         y = o * c
         new_x_prev = seq[seq.size(0) - (self.window - 1):]  # the last window - 1 inputs

@@ -16,6 +16,7 @@ hyperparameters. Shapes are time-major: ``(T, B, F)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -53,6 +54,40 @@ def _keep_mask(like: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
     return keep.to(like.dtype).mul_(1 / (1 - p_lane))
 
 
+_streams: tuple[int, int, int] | None = None
+"""(start, stop, total) inside ``streams``: the process computes streams [start, stop) of a
+batch of ``total``."""
+
+
+@contextlib.contextmanager
+def streams(start: int, stop: int, total: int):
+    """Within: masks with a batch dimension are drawn for the whole batch of ``total`` streams
+    (the random numbers one process computing all of them would draw) and the part of
+    streams [start, stop) is applied. Data-parallel ranks train this way, so that N ranks
+    compute exactly what one process does."""
+    global _streams
+    before, _streams = _streams, (start, stop, total)
+    try:
+        yield
+    finally:
+        _streams = before
+
+
+def batch_mask(like: Tensor, shape: tuple[int, ...], draw) -> Tensor:
+    """``draw(like, shape)`` for a mask whose dimension 1 is the batch, drawn for the whole
+    batch inside ``streams`` and cut to this process's streams."""
+    s = _streams
+    if s is None or shape[1] != s[1] - s[0] or s[2] == shape[1]:
+        return draw(like, shape)
+    full = (shape[0], s[2], *shape[2:])
+    return draw(like, full).narrow(1, s[0], s[1] - s[0])
+
+
+def keep_mask(like: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
+    """A scaled Bernoulli(1 - p) mask whose dimension 1 is the batch (see ``batch_mask``)."""
+    return batch_mask(like, shape, lambda t, sh: _keep_mask(t, sh, p))
+
+
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout with one mask per (sequence, feature), the same at every time step.
 
@@ -60,7 +95,7 @@ def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """
     if not training or p == 0:
         return x
-    return x * _keep_mask(x, (1, x.size(1), x.size(2)), p)
+    return x * keep_mask(x, (1, x.size(1), x.size(2)), p)
 
 
 def step_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -68,7 +103,7 @@ def step_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     OpenSeq2Seq's layers and its element-wise embedding dropout use it."""
     if not training or p == 0:
         return x
-    return x * _keep_mask(x, tuple(x.shape), p)
+    return x * keep_mask(x, tuple(x.shape), p)
 
 
 def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:

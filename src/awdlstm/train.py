@@ -17,6 +17,7 @@ and every rank's generators, so a run resumes on any number of ranks that divide
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -37,7 +38,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import EvalResult, evaluate
 from .model import AWDLSTM, State, count_parameters, detach_state
 from .optim import NTASGD, make_optimizer
-from .regularize import activation_reg, temporal_activation_reg
+from .regularize import activation_reg, streams, temporal_activation_reg
 from .rundir import RunDir, StopReason
 from .runtime import Runtime
 
@@ -91,7 +92,11 @@ class Trainer:
         check_batch_for_ranks(cfg.data.batch_size, runtime.world_size)
         torch.manual_seed(seed)
         self.model = AWDLSTM(cfg.model, len(corpus.vocab)).to(runtime.device)
-        if runtime.rank > 0:  # every rank starts from the same weights, then draws its own masks
+        # Every rank starts from the same weights. With rank_masks=global every rank then
+        # draws the same random numbers (the masks of the whole batch, as one process would);
+        # with rank_masks=rank, rank r > 0 draws its own from an offset generator.
+        self.own_masks = runtime.distributed and cfg.train.rank_masks == "rank"
+        if self.own_masks and runtime.rank > 0:
             torch.manual_seed(rank_seed(seed, runtime.rank))
         # What the training step calls; checkpoints and the average hold the plain model.
         self.step_model: torch.nn.Module = self.model
@@ -148,6 +153,8 @@ class Trainer:
         rng = {**parts[0][1], "sampler": self.sampler.get_state()}
         if self.rt.distributed:
             rng["ranks"] = [r for _, r in parts]
+            if self.own_masks:
+                rng["own_masks"] = True
         payload = self._payload(self.model.state_dict(), "last")
         payload.update(
             optimizer=self.optimizer.state_dict(),
@@ -199,12 +206,23 @@ class Trainer:
         self._resumed = True
         self._trim_metrics(self.progress.step)
 
+    def _streams(self):
+        """With several ranks and global masks: masks are drawn for the global batch and cut
+        to this rank's streams."""
+        if not self.rt.distributed or self.own_masks:
+            return contextlib.nullcontext()
+        return streams(*self.columns, self.cfg.data.batch_size)
+
     def _restore_rng(self, rng: dict) -> None:
-        """This rank's generators; with another number of ranks than the checkpoint's, fresh
-        rank-offset ones (the masks then differ from the run that saved it)."""
+        """This rank's generators. With global masks every rank's are the same, so any number
+        of ranks continues exactly; with own masks and another number of ranks than the
+        checkpoint's, ranks above 0 get fresh rank-offset ones."""
         ranks = rng.get("ranks") or [rng]
         if len(ranks) == self.rt.world_size:
             self.rt.set_rng_state(ranks[self.rt.rank])
+            return
+        if not self.own_masks and "own_masks" not in rng:
+            self.rt.set_rng_state(ranks[0])
             return
         if self.rt.rank == 0:
             self.rt.set_rng_state(ranks[0])
@@ -231,7 +249,7 @@ class Trainer:
         self.step_model.train()
         if self.state is None:
             self.state = model.init_state(self.train_data.size(1))
-        with self.rt.autocast():
+        with self.rt.autocast(), self._streams():
             out = self.step_model(win.inputs, self.state)
         self.state = detach_state(out.state)
         # The loss (through the output head), AR and TAR are fp32 whatever the autocast precision.
