@@ -8,7 +8,9 @@ Data-parallel (a Runtime with several ranks, under torchrun): the training split
 batchified once for the global batch B and rank r trains streams (columns) r*B/N to
 (r+1)*B/N, so N ranks at B/N compute what one process does at B, the gradients averaged by
 DistributedDataParallel. Every rank draws the same window lengths (the sampler, seeded
-alike) and its own dropout masks (rank r > 0 reseeds the global generator with an offset).
+alike). With ``train.rank_masks=global`` every rank draws the dropout masks of the whole
+batch and uses its streams' part (``regularize.streams``), so the ranks compute exactly what
+one process does; with ``rank`` each draws its own (rank r > 0 reseeds with an offset).
 Validation is split over the ranks by columns and summed, so every rank sees one
 validation loss; stops (signals, the time limit, a non-finite loss) are agreed by all ranks
 at the same step; only rank 0 writes. ``last.pt`` holds the hidden state of all B streams
