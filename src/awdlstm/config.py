@@ -249,7 +249,7 @@ class TrainConfig:
     rank_masks: str = "global"
     """Data-parallel dropout masks. global: every rank draws the masks of the whole global
     batch (the same random numbers as one process) and applies its streams' part, so N ranks
-    compute exactly what one process does at the global batch; rank: each rank draws only
+    compute what one process does at the global batch (up to float rounding); rank: each rank draws only
     its own streams' masks from a rank-offset generator (less drawing with per-step masks at
     large batches; the same in distribution, not in value)."""
     log_every: int = 200

@@ -64,7 +64,7 @@ def streams(start: int, stop: int, total: int):
     """Within: masks with a batch dimension are drawn for the whole batch of ``total`` streams
     (the random numbers one process computing all of them would draw) and the part of
     streams [start, stop) is applied. Data-parallel ranks train this way, so that N ranks
-    compute exactly what one process does."""
+    draw exactly the masks one process does."""
     global _streams
     before, _streams = _streams, (start, stop, total)
     try:

@@ -9,8 +9,9 @@ batchified once for the global batch B and rank r trains streams (columns) r*B/N
 (r+1)*B/N, so N ranks at B/N compute what one process does at B, the gradients averaged by
 DistributedDataParallel. Every rank draws the same window lengths (the sampler, seeded
 alike). With ``train.rank_masks=global`` every rank draws the dropout masks of the whole
-batch and uses its streams' part (``regularize.streams``), so the ranks compute exactly what
-one process does; with ``rank`` each draws its own (rank r > 0 reseeds with an offset).
+batch and uses its streams' part (``regularize.streams``), so the ranks compute what one
+process does, up to float rounding; with ``rank`` each draws its own (rank r > 0 reseeds
+with an offset).
 Validation is split over the ranks by columns and summed, so every rank sees one
 validation loss; stops (signals, the time limit, a non-finite loss) are agreed by all ranks
 at the same step; only rank 0 writes. ``last.pt`` holds the hidden state of all B streams
@@ -217,7 +218,7 @@ class Trainer:
 
     def _restore_rng(self, rng: dict) -> None:
         """This rank's generators. With global masks every rank's are the same, so any number
-        of ranks continues exactly; with own masks and another number of ranks than the
+        of ranks continues the run; with own masks and another number of ranks than the
         checkpoint's, ranks above 0 get fresh rank-offset ones."""
         ranks = rng.get("ranks") or [rng]
         if len(ranks) == self.rt.world_size:
