@@ -155,3 +155,12 @@ def test_layers_compares_presets_side_by_side(tmp_path):
     assert rec["kind"] == "layers" and set(rec["rows"]) == {"tiny"}
     row = rec["rows"]["tiny"]
     assert row["train"]["tokens_per_s"] > 0 and row["eval"]["tokens_per_s_over_first"] == 1.0
+
+
+@pytest.mark.slow
+def test_layers_takes_presets_with_overrides_as_variants(tmp_path):
+    out, rec = bench(tmp_path, "layers", "--presets", "tiny", "--variant", "small=tiny model.hidden_size=32 optim.lr=5",
+                     "--steps", "1", "--rounds", "1", "--batch-size", "4", "--bptt", "8")
+    assert set(rec["rows"]) == {"tiny", "small"} and rec["presets"] == ["tiny"]
+    assert rec["variants"] == {"small": {"preset": "tiny", "overrides": ["model.hidden_size=32", "optim.lr=5"]}}
+    assert rec["config"]["small"]["model"]["hidden_size"] == 32 and rec["config"]["tiny"]["model"]["hidden_size"] == 64
