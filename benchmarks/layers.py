@@ -5,6 +5,7 @@ presets compare::
 
     python -m benchmarks.layers --presets ptb,ptb-qrnn --batch-size 20 --bptt 70
     python -m benchmarks.layers --presets demo,demo-qrnn
+    python -m benchmarks.layers --presets demo --variant "q2x400=demo-qrnn model.num_layers=2 model.hidden_size=400"
 
 Every contender gets the same synthetic windows (the preset's vocabulary size, fixed length
 ``--bptt``). The QRNN's steps are matrix products over whole windows plus the elementwise
@@ -20,6 +21,8 @@ from dataclasses import replace
 
 import torch
 
+from awdlstm.config import apply_overrides
+from awdlstm.errors import ConfigError
 from awdlstm.presets import get_preset
 from awdlstm.runtime import Runtime, keep_freed_memory
 
@@ -35,9 +38,21 @@ def qrnn_forward_flops(model, vocab: int) -> float:
     return per_token + 2.0 * model.decoder.in_features * vocab
 
 
+def parse_variant(text: str) -> tuple[str, str, list[str]]:
+    """``LABEL=PRESET section.field=value ...`` -> (label, preset, overrides)."""
+    head, *overrides = text.split()
+    label, sep, preset = head.partition("=")
+    if not sep or not label or not preset:
+        raise ConfigError(f"--variant must look like LABEL=PRESET section.field=value ..., got {text!r}")
+    return label, preset, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", default="ptb,ptb-qrnn", help="comma-separated presets; ratios are to the first")
+    p.add_argument("--variant", action="append", default=[], metavar="'LABEL=PRESET SECTION.FIELD=VALUE ...'",
+                   help="a further contender: a preset with config overrides, named LABEL (repeatable; "
+                        "after --presets, which may then be empty)")
     p.add_argument("--batch-size", type=int, help="training streams (default: each preset's)")
     p.add_argument("--bptt", type=int, help="window length (default: each preset's)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
@@ -51,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     rt_device = torch.device("cpu")
     runtime = Runtime(rt_device)
     contenders, configs = [], {}
-    for name in args.presets.split(","):
-        cfg = get_preset(name)
+    specs = [(name, name, []) for name in args.presets.split(",") if name] + [parse_variant(v) for v in args.variant]
+    if not specs:
+        p.error("nothing to compare: give --presets or --variant")
+    for name, preset, overrides in specs:
+        cfg = apply_overrides(get_preset(preset), overrides)
         data = replace(cfg.data, **{k: v for k, v in (("batch_size", args.batch_size), ("bptt", args.bptt))
                                     if v is not None}, variable_length=False, random_start=False)
         cfg = replace(cfg, data=data, train=replace(cfg.train, precision="fp32"))
@@ -108,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         if "peak" in r:
             print(f"{name:<14} measured peak of its products {r['peak']['gflops_per_s']:.1f} GFLOP/s; "
                   f"training step at {100 * r['train']['fraction_of_measured_peak']:.0f}% of it")
-    path = write_result("layers", {"presets": args.presets.split(","), "rows": rows}, config=configs, out=args.out,
-                        tag="layers_" + "-".join(args.presets.split(",")))
+    presets = [name for name in args.presets.split(",") if name]
+    variants = {label: {"preset": preset, "overrides": overrides} for label, preset, overrides in specs[len(presets):]}
+    tag = "layers_" + "-".join(dict.fromkeys(name for name, _, _ in specs))
+    path = write_result("layers", {"presets": presets, "variants": variants, "rows": rows}, config=configs,
+                        out=args.out, tag=tag[:100])
     print(f"wrote {path}")
     return 0
 

@@ -167,3 +167,11 @@ def test_ddp_times_ranks_against_one_process_and_the_communication(tmp_path):
     assert two["tokens_per_s"] > 0 and 0 <= two["ms_per_step_without_communication"]
     assert "communication_share" in two and "communication_share" not in one
     assert len(two["cpu_per_wall_per_rank"]) == 2
+
+
+def test_layers_takes_presets_with_overrides_as_variants(tmp_path):
+    out, rec = bench(tmp_path, "layers", "--presets", "tiny", "--variant", "small=tiny model.hidden_size=32 optim.lr=5",
+                     "--steps", "1", "--rounds", "1", "--batch-size", "4", "--bptt", "8")
+    assert set(rec["rows"]) == {"tiny", "small"} and rec["presets"] == ["tiny"]
+    assert rec["variants"] == {"small": {"preset": "tiny", "overrides": ["model.hidden_size=32", "optim.lr=5"]}}
+    assert rec["config"]["small"]["model"]["hidden_size"] == 32 and rec["config"]["tiny"]["model"]["hidden_size"] == 64
