@@ -177,13 +177,13 @@ def test_recurrent_dropout_acts_on_the_candidate_only_and_only_in_training():
 
 def test_recurrent_dropout_gradient_matches_the_reference_with_the_same_mask(monkeypatch):
     masks = []
-    original = cell_module._keep_mask
+    original = cell_module.keep_mask
 
     def keep(like, shape, p):
         masks.append(original(like, shape, p))
         return masks[-1]
 
-    monkeypatch.setattr(cell_module, "_keep_mask", keep)
+    monkeypatch.setattr(cell_module, "keep_mask", keep)
     torch.manual_seed(0)
     layer = CellLSTM(IN, H, recurrent_p=0.4).train()
     x = torch.randn(T, B, IN, requires_grad=True)

@@ -378,8 +378,12 @@ def coerce(value: Any, hint: Any, where: str, *, text: bool) -> Any:
         except ValueError:
             pass
     elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if abs(value) <= 1e308:  # float() of a larger int overflows
+        if isinstance(value, float):
+            return value
+        try:
             return float(value)
+        except OverflowError:  # an int beyond the largest float
+            pass
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r:.80}")
