@@ -300,18 +300,25 @@ class Config:
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         cfg = cls()
         if not isinstance(raw, dict):
-            raise ConfigError(f"a config is a mapping of the sections {', '.join(SECTIONS)}; got {raw!r:.80}")
+            raise ConfigError(f"a config is a mapping of the sections {', '.join(SECTIONS)}; got {_brief(raw)}")
         for section, values in raw.items():
             if section not in SECTIONS:
                 raise ConfigError(f"unknown config section {section!r}; valid: {', '.join(SECTIONS)}")
             if not isinstance(values, dict):
-                raise ConfigError(f"config section {section} must map keys to values; got {values!r:.80}")
+                raise ConfigError(f"config section {section} must map keys to values; got {_brief(values)}")
             for key, value in values.items():
                 _set_field(getattr(cfg, section), section, key, value)
         return cfg
 
 
 SECTIONS = ("data", "model", "optim", "train")
+
+
+def _brief(value: Any, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters for a one-line message (a cut one ends in
+    "...", never in a space)."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width].rstrip() + "..."
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -386,7 +393,7 @@ def coerce(value: Any, hint: Any, where: str, *, text: bool) -> Any:
             pass
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r:.80}")
+    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {_brief(value)}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
